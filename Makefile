@@ -1,0 +1,28 @@
+# Two commands for a new user: `make demo` and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $(STAMP)
+
+# A real search: ProxylessNAS space, digits data, local Ray cluster, committed CPU LUT.
+demo: install
+	$(BIN)/nas search --space proxylessnas --strategy evolution --evaluator train \
+		--trials 12 --epochs 2 --max-latency-ms 6 --run-dir runs/demo --fresh
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) runs

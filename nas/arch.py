@@ -1,0 +1,98 @@
+"""`Arch`: one architecture as a small immutable value.
+
+An `Arch` is a space name, the chosen value of every decision and the space
+configuration it was built for (input resolution, classes, widths). Its canonical
+JSON has sorted keys and compact separators, so `arch.hash` (sha256 of that JSON)
+is the same in every process and on every machine. Spaces create validated archs
+(`SearchSpace.make_arch`), and `Arch.from_json` validates against the registered
+space, so an `Arch` met anywhere names only decisions and choices its space has.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from functools import cached_property
+from types import MappingProxyType
+from typing import Any
+
+from nas.errors import UserError
+
+Choice = str | int
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and compact separators: the form that is hashed."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
+class Arch:
+    """An immutable architecture: space name, decision choices and space config."""
+
+    __slots__ = ("space", "choices", "config", "__dict__")
+
+    def __init__(self, space: str, choices: Mapping[str, Choice], config: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "space", space)
+        object.__setattr__(self, "choices", MappingProxyType(dict(sorted(choices.items()))))
+        object.__setattr__(self, "config", MappingProxyType(json.loads(canonical_json(dict(config)))))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("Arch is immutable; use replace()")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-dict form, the same data as `to_json`."""
+        return {"space": self.space, "choices": dict(self.choices), "config": dict(self.config)}
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys, compact separators)."""
+        return self._json
+
+    @cached_property
+    def _json(self) -> str:
+        return canonical_json(self.to_dict())
+
+    @cached_property
+    def hash(self) -> str:
+        """sha256 hex digest of the canonical JSON."""
+        return hashlib.sha256(self._json.encode()).hexdigest()
+
+    @property
+    def short_hash(self) -> str:
+        """The first 12 hex digits of `hash`, for logs and directory names."""
+        return self.hash[:12]
+
+    def replace(self, **choices: Choice) -> Arch:
+        """A new arch of the same space with some choices changed (not validated)."""
+        return Arch(self.space, {**self.choices, **choices}, self.config)
+
+    @staticmethod
+    def from_dict(data: Any) -> Arch:
+        """Build and validate an arch from its plain-dict form."""
+        if not isinstance(data, dict) or set(data) != {"space", "choices", "config"}:
+            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            raise UserError(f"arch must be an object with keys choices, config, space; got {got}")
+        if not isinstance(data["choices"], dict) or not isinstance(data["config"], dict):
+            raise UserError("arch 'choices' and 'config' must be JSON objects")
+        from nas.space import load_space
+
+        space = load_space(data["space"], data["config"])
+        return space.make_arch(data["choices"])
+
+    @staticmethod
+    def from_json(text: str) -> Arch:
+        """Parse and validate canonical (or any) JSON of an arch."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UserError(f"arch is not valid JSON: {err}") from None
+        return Arch.from_dict(data)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Arch) and other.hash == self.hash
+
+    def __hash__(self) -> int:
+        return int(self.hash[:16], 16)
+
+    def __repr__(self) -> str:
+        return f"Arch({self.space}, {self.short_hash})"

@@ -1,0 +1,88 @@
+"""`Evaluator`: turns an `Arch` into a plain dict of metrics.
+
+Kinds (registered in `EVALUATORS`): `lut` prices an arch from the latency table and
+its unit costs without training; `train` trains it briefly on a data set. Every
+evaluator reports `params` and `macs` (counted from built modules) and `latency_ms`
+when a latency table is given. An evaluator is built inside a Ray worker from a plain
+`EvaluatorSpec`, so nothing but JSON crosses the wire.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+from pydantic import Field
+
+from nas.arch import Arch
+from nas.config import Frozen
+from nas.errors import UserError
+from nas.registry import EVALUATORS
+from nas.space import SearchSpace, load_space
+
+
+class EvaluatorConfig(Frozen):
+    """Config keys every evaluator accepts; subclasses add their own."""
+
+
+class EvaluatorSpec(Frozen):
+    """Everything a worker needs to build an evaluator: plain, JSON-ready data."""
+
+    space: str
+    space_config: dict[str, Any] = Field(default_factory=dict)
+    evaluator: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    table: str | None = None
+
+
+class Evaluator(ABC):
+    """Base class of evaluators.
+
+    Attributes:
+        metrics: names of the metrics `evaluate` returns.
+        default_metric: what a search optimises when the objective names nothing else.
+        archs_per_trial: archs scored by one trial by default (many for cheap evaluators,
+            since one Ray Tune trial costs about a second to schedule).
+        needs_table: whether a latency table is required.
+    """
+
+    config_model: ClassVar[type[EvaluatorConfig]] = EvaluatorConfig
+    metrics: ClassVar[tuple[str, ...]]
+    default_metric: ClassVar[str]
+    archs_per_trial: ClassVar[int] = 1
+    needs_table: ClassVar[bool] = False
+
+    def __init__(self, space: SearchSpace, config: EvaluatorConfig, table: Any | None) -> None:
+        if self.needs_table and table is None:
+            raise UserError(f"evaluator {type(self).__name__} needs a latency table (--hardware)")
+        self.space = space
+        self.config = config
+        self.table = table
+
+    @abstractmethod
+    def evaluate(self, arch: Arch) -> dict[str, float]:
+        """Metrics of `arch`."""
+
+    def cost_metrics(self, arch: Arch) -> dict[str, float]:
+        """Params, MACs and (with a table) LUT latency of `arch`: the metrics every evaluator has."""
+        metrics: dict[str, float] = dict(self.space.cost(arch))
+        if self.table is not None:
+            metrics["latency_ms"] = self.table.predict(arch)
+        return metrics
+
+
+def evaluator_class(name: str) -> type[Evaluator]:
+    """The registered evaluator class `name` (a `UserError` lists the known ones)."""
+    return EVALUATORS.get(name)
+
+
+def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
+    """Build the evaluator a spec describes (validates its config)."""
+    from nas.config import parse
+    from nas.hardware import LatencyTable
+
+    cls = evaluator_class(spec.evaluator)
+    config = parse(cls.config_model, spec.config, f"evaluator {spec.evaluator} config")
+    space = load_space(spec.space, spec.space_config)
+    table = LatencyTable.load(spec.table) if spec.table else None
+    return cls(space, config, table)

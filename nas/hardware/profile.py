@@ -1,0 +1,291 @@
+"""Profile a space on a device: time every unit, fit a correction, validate on held-out archs.
+
+`profile` times every latency key of the space in isolation (`space.unit(key)`), then
+times a FIT set of random archs end to end and fits a correction, then times a
+separate VALIDATION set of random archs end to end, twice, and stores everything
+in one table file. The naive prediction (plain sum of isolated timings) misses
+what isolation hides at batch 1 - per-call overhead, cache state, load on a shared
+machine - so the default correction, `fit_ridge`, keeps prediction a sum over keys
+plus one intercept and fits it in two stages, both by bounded least squares on
+relative errors (so small and large archs count alike):
+
+1. a non-negative intercept `c` and scale `s` over the naive sum: t ~ c + s * sum(p_k);
+2. one relative deviation `z_k >= -1` per key, ridge-penalised toward 0, on the
+   residuals: x_k = s * p_k * (1 + z_k), so a key seen in no fit arch keeps its
+   scaled isolated timing. The ridge weight is chosen by 5-fold cross-validation on
+   the fit set only (including "no stage 2").
+
+The validation archs are drawn from another seed stream and never overlap the fit
+archs. Validation compares predictions with the mean of two independent end-to-end
+timings; the noise figure is the median relative difference between those two.
+`correct` is a parameter: any function from (prior, rows) to a `Correction` works.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from nas.errors import NasError, UserError
+from nas.hardware.table import Correction, Entry, Figures, LatencyTable, Metadata, Report, TableFile
+from nas.hardware.timers import Timer
+
+if TYPE_CHECKING:
+    from nas.arch import Arch
+    from nas.space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[str, int, int], None]
+"""Called as progress(stage, done, total); stages: units, fit, validate."""
+Row = tuple[Sequence[str], float]
+"""The latency keys of one arch and its measured end-to-end latency in ms."""
+CorrectionFn = Callable[[Mapping[str, float], Sequence[Row]], Correction]
+
+BAR = {"within_10": 0.95, "spearman": 0.95}
+_RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, float("inf"))
+
+
+def profile(
+    space: SearchSpace,
+    timer: Timer,
+    batch: int | None,
+    out_path: str | Path,
+    n_validate: int = 50,
+    seed: int = 0,
+    progress: Progress | None = None,
+    *,
+    n_fit: int = 60,
+    correct: CorrectionFn | None = None,
+) -> LatencyTable:
+    """Measure the latency table of `space` with `timer`, fit, validate and write it atomically.
+
+    Args:
+        batch: must equal the timer's batch (None takes it), which its device id names.
+        n_fit: archs timed end to end to fit the correction (0: no correction).
+        correct: the correction method; `fit_ridge` by default.
+    """
+    if batch is not None and batch != timer.batch:
+        raise NasError(f"profile at batch {batch} with a timer built for batch {timer.batch}")
+    keys = space.all_latency_keys()
+    entries = {}
+    for i, key in enumerate(keys):
+        unit = space.unit(key)
+        timing = timer.time(unit.module, unit.input_shape)
+        entries[key] = Entry(mean=timing.mean_ms, std=timing.std_ms, count=timing.count)
+        _tick(progress, "units", i + 1, len(keys))
+    log.info("timed %d units of %s on %s", len(keys), space.name, timer.device_id)
+    table = LatencyTable(TableFile(metadata=_metadata(space, timer), entries=entries))
+
+    if n_fit > 0:
+        fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set())
+        rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, _time_archs(space, timer, fit_archs,
+                                                                                       progress, "fit"))]
+        fitted = (correct or fit_ridge)({k: e.mean for k, e in entries.items()}, rows)
+        fitted = fitted.model_copy(update={"params": {**fitted.params, "seed": seed, "n_fit": n_fit}})
+        table = table.replace(correction=fitted)
+    report = _validation(table, space, timer, n_validate, seed, progress)
+    table = table.replace(validation=report)
+    table.save(out_path)
+    return table
+
+
+def validate(
+    table: LatencyTable,
+    space: SearchSpace,
+    timer: Timer,
+    n: int = 50,
+    seed: int | None = None,
+    progress: Progress | None = None,
+    out_path: str | Path | None = None,
+) -> dict[str, Any]:
+    """Re-run only the validation of `table` and store its report in the table file atomically.
+
+    Args:
+        seed: seed of the validation archs; None reuses the seed the table was profiled with.
+        out_path: where to write; the file the table was loaded from by default.
+    """
+    table.check_matches(space, timer.batch)
+    if timer.device_id != table.metadata.device_id:
+        raise UserError(f"{table.source}: table was measured on {table.metadata.device_id}, this timer is "
+                        f"{timer.device_id}; validate on the device it was measured on")
+    if seed is None:
+        seed = table.correction.params.get("seed", 0) if table.correction else 0
+    report = _validation(table, space, timer, n, seed, progress)
+    target = out_path if out_path is not None else table.source
+    if target == "<memory>":
+        raise NasError("validate: a table built in memory needs out_path")
+    table.replace(validation=report).save(target)
+    return report.model_dump()
+
+
+def _validation(
+    table: LatencyTable, space: SearchSpace, timer: Timer, n: int, seed: int, progress: Progress | None
+) -> Report:
+    """Time `n` held-out archs twice and compare with the table's corrected and naive predictions."""
+    if n < 2:
+        raise UserError(f"--n-validate must be at least 2 (a rank correlation needs two archs); got {n}")
+    params = table.correction.params if table.correction else {}
+    fit_hashes = set()
+    if params.get("n_fit"):
+        fit_rng = np.random.default_rng([params["seed"], 0])
+        fit_hashes = {a.hash for a in _draw(space, fit_rng, params["n_fit"], set())}
+    archs = _draw(space, np.random.default_rng([seed, 1]), n, fit_hashes)
+    first = _time_archs(space, timer, archs, progress, "validate", total=2 * n)
+    second = _time_archs(space, timer, archs[::-1], progress, "validate", start=n, total=2 * n)[::-1]
+    measured = (first + second) / 2
+    keys = [space.latency_keys(a) for a in archs]
+    corrected = np.array([table.predict_keys(k) for k in keys])
+    naive = np.array([table.predict_naive(k) for k in keys])
+    figures = _figures(corrected, measured)
+    report = Report(
+        **figures.model_dump(),
+        n_archs=n,
+        noise=float(np.median(np.abs(first - second) / measured) * 100),
+        naive=_figures(naive, measured),
+        passes=figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
+        seed=seed,
+        measured_at=_now(),
+    )
+    _log_report(report, table.metadata.device_id)
+    return report
+
+
+def _figures(predicted: np.ndarray, measured: np.ndarray) -> Figures:
+    from scipy.stats import spearmanr
+
+    rel = np.abs(predicted - measured) / measured
+    rho = float(spearmanr(predicted, measured).statistic)
+    return Figures(mape=float(rel.mean() * 100), within_5=float((rel <= 0.05).mean()),
+                   within_10=float((rel <= 0.10).mean()), spearman=rho)
+
+
+def _log_report(report: Report, device_id: str) -> None:
+    line = (f"within 10% {report.within_10:.2f} (naive {report.naive.within_10:.2f}), spearman "
+            f"{report.spearman:.3f} (naive {report.naive.spearman:.3f}), MAPE {report.mape:.1f}% "
+            f"(naive {report.naive.mape:.1f}%), noise {report.noise:.1f}%, {report.n_archs} archs")
+    if report.passes:
+        log.info("latency table %s passes: %s", device_id, line)
+    else:
+        log.warning("LATENCY TABLE %s FAILS ITS ACCURACY BAR (within 10%% >= %.2f and spearman >= %.2f): %s",
+                    device_id, BAR["within_10"], BAR["spearman"], line)
+
+
+# -- corrections ------------------------------------------------------------------------
+def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
+    """Two-stage fit (intercept and scale, then ridge per-key deviations); see the module docstring."""
+    keys = sorted(prior)
+    a, p, t = _design(keys, prior, rows)
+    folds = np.arange(len(t)) % 5
+    cv = {}
+    for lam in _RIDGE_GRID:
+        errors = []
+        for f in range(min(5, len(t))):
+            train, test = folds != f, folds == f
+            if train.sum() < 2:
+                continue
+            c, x = _fit_two_stage(a[train], p, t[train], lam)
+            errors.extend(np.abs(c + a[test] @ x - t[test]) / t[test])
+        cv[lam] = float(np.mean(errors)) if errors else float("inf")
+    best = min(cv, key=lambda lam: (cv[lam], -lam))
+    c, x = _fit_two_stage(a, p, t, best)
+    scale = _fit_stage1(a, p, t)[1]
+    return Correction(
+        method="ridge",
+        intercept_ms=float(c),
+        entries={k: float(v) for k, v in zip(keys, x)},
+        params={"scale": float(scale), "ridge": float(best), "cv_mape": cv[best] * 100},
+    )
+
+
+def fit_none(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
+    """No correction: the plain sum of isolated timings (for comparison)."""
+    return Correction(method="none", intercept_ms=0.0, entries=dict(prior))
+
+
+def _design(keys: list[str], prior: Mapping[str, float], rows: Sequence[Row]):
+    """Key-count matrix (archs, keys), prior vector (keys,) and measured times (archs,)."""
+    index = {k: i for i, k in enumerate(keys)}
+    a = np.zeros((len(rows), len(keys)))
+    for r, (row_keys, _) in enumerate(rows):
+        for k in row_keys:
+            a[r, index[k]] += 1
+    return a, np.array([prior[k] for k in keys]), np.array([ms for _, ms in rows])
+
+
+def _fit_stage1(a: np.ndarray, p: np.ndarray, t: np.ndarray) -> tuple[float, float]:
+    """Non-negative intercept and scale minimising relative squared error of c + s * (a @ p)."""
+    from scipy.optimize import lsq_linear
+
+    m = np.column_stack([np.ones_like(t), a @ p]) / t[:, None]
+    c, s = lsq_linear(m, np.ones_like(t), bounds=(0, np.inf)).x
+    return float(c), float(s)
+
+
+def _fit_two_stage(a: np.ndarray, p: np.ndarray, t: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
+    """Stage 1, then ridge deviations z >= -1 on the relative residuals (lam = inf skips stage 2)."""
+    from scipy.optimize import lsq_linear
+
+    c, s = _fit_stage1(a, p, t)
+    base = s * p
+    if not np.isfinite(lam):
+        return c, base
+    residual = (t - c - a @ base) / t
+    m = np.vstack([a * base / t[:, None], np.sqrt(lam) * np.eye(len(p))])
+    z = lsq_linear(m, np.concatenate([residual, np.zeros(len(p))]), bounds=(-1, np.inf)).x
+    return c, base * (1 + z)
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _draw(space: SearchSpace, rng: np.random.Generator, n: int, exclude: set[str]) -> list[Arch]:
+    """`n` distinct random archs, none in `exclude` (bounded number of draws)."""
+    archs, seen, tries = [], set(exclude), 100 * n + 100
+    for _ in range(tries):
+        if len(archs) == n:
+            break
+        arch = space.sample(rng)
+        if arch.hash not in seen:
+            seen.add(arch.hash)
+            archs.append(arch)
+    if len(archs) < n:
+        raise UserError(f"{space.name}: only {len(archs)} distinct archs (of {n} wanted) after {tries} draws; "
+                        f"lower --n-validate")
+    return archs
+
+
+def _time_archs(
+    space: SearchSpace, timer: Timer, archs: Sequence[Arch], progress: Progress | None, stage: str,
+    start: int = 0, total: int | None = None,
+) -> np.ndarray:
+    """End-to-end latency (ms) of each arch's built network."""
+    shape = (3, space.config.resolution, space.config.resolution)
+    times = []
+    for i, arch in enumerate(archs):
+        times.append(timer.time(space.build(arch), shape).mean_ms)
+        _tick(progress, stage, start + i + 1, total or len(archs))
+    return np.array(times)
+
+
+def _metadata(space: SearchSpace, timer: Timer) -> Metadata:
+    return Metadata(
+        space=space.name, space_config=space.config.model_dump(mode="json"), device_id=timer.device_id,
+        backend=timer.name, hardware=timer.hardware, batch=timer.batch, dtype=timer.dtype,
+        threads=timer.threads, versions=timer.versions(), measured_at=_now(), protocol=timer.protocol(),
+    )
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _tick(progress: Progress | None, stage: str, done: int, total: int) -> None:
+    if progress is not None:
+        progress(stage, done, total)
+
+
+__all__ = ["BAR", "CorrectionFn", "Progress", "fit_none", "fit_ridge", "profile", "validate"]

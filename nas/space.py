@@ -1,0 +1,201 @@
+"""`SearchSpace`: the base class every space implements, and `load_space`.
+
+A space is built from its typed config (defaults from `search_spaces/<name>.yaml`
+merged with overrides). It lists its decisions, samples, mutates and crosses archs
+(defaults here work from the decisions), builds an `nn.Module`, and names the
+latency key of every timed unit of an arch, so a latency table can price it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+from nas.arch import Arch, Choice, canonical_json
+from nas.config import SPACES_DIR, Frozen, PresetSpec, SpaceFile, load_yaml, parse
+from nas.errors import UserError
+from nas.registry import SPACES
+
+if TYPE_CHECKING:
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A named categorical choice, e.g. `s3.b1.op` over (`mb3_k3`, ..., `zero`)."""
+
+    name: str
+    choices: tuple[Choice, ...]
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One timed unit of a network: its module and its input shape (C, H, W), batch excluded."""
+
+    module: nn.Module
+    input_shape: tuple[int, ...]
+
+
+class SpaceConfig(Frozen):
+    """Config keys every space has; a space subclasses this with its own."""
+
+    resolution: int
+    num_classes: int
+
+
+class SearchSpace(ABC):
+    """Base class of search spaces.
+
+    Subclasses set `config_model`, register with `@SPACES.register(name)` and
+    implement `decisions`, `build`, `latency_keys`, `all_latency_keys` and `unit`.
+    """
+
+    name: ClassVar[str]
+    config_model: ClassVar[type[SpaceConfig]]
+
+    def __init__(self, config: SpaceConfig, presets: Mapping[str, PresetSpec] | None = None) -> None:
+        self.config = config
+        self._preset_specs = dict(presets or {})
+        self._decisions = {d.name: d for d in self.decisions()}
+        self._unit_costs: dict[str, tuple[int, int]] = {}
+
+    # -- what a space must define -------------------------------------------------
+    @abstractmethod
+    def decisions(self) -> list[Decision]:
+        """Every decision, in network order."""
+
+    @abstractmethod
+    def build(self, arch: Arch) -> nn.Module:
+        """The network of `arch`, ready for a forward pass on (B, 3, R, R)."""
+
+    @abstractmethod
+    def latency_keys(self, arch: Arch) -> list[str]:
+        """One key per timed unit of `arch`, in network order; together they make the whole network."""
+
+    @abstractmethod
+    def all_latency_keys(self) -> list[str]:
+        """Every key any arch of this space (at this config) can produce, sorted."""
+
+    @abstractmethod
+    def unit(self, key: str) -> Unit:
+        """The module and input shape that `key` times."""
+
+    def unit_cost(self, key: str) -> tuple[int, int]:
+        """(params, MACs) of the unit `key`, counted once from its built module and cached."""
+        cached = self._unit_costs.get(key)
+        if cached is None:
+            from nas.evaluate.metrics import count_macs, count_params
+
+            unit = self.unit(key)
+            cached = self._unit_costs[key] = (count_params(unit.module), count_macs(unit.module, unit.input_shape))
+        return cached
+
+    def cost(self, arch: Arch) -> dict[str, int]:
+        """Params and MACs of `arch` as the sum over its timed units (equal to the whole built network)."""
+        costs = [self.unit_cost(k) for k in self.latency_keys(arch)]
+        return {"params": sum(c[0] for c in costs), "macs": sum(c[1] for c in costs)}
+
+    # -- archs --------------------------------------------------------------------
+    def make_arch(self, choices: Mapping[str, Choice]) -> Arch:
+        """A validated `Arch` of this space and config."""
+        unknown = sorted(set(choices) - set(self._decisions))
+        if unknown:
+            raise UserError(
+                f"{self.name}: unknown decision {unknown[0]!r}; decisions are e.g. "
+                f"{', '.join(list(self._decisions)[:4])}, ... ({len(self._decisions)} in all)"
+            )
+        missing = [name for name in self._decisions if name not in choices]
+        if missing:
+            raise UserError(f"{self.name}: decision {missing[0]!r} has no choice ({len(missing)} missing)")
+        for name, value in choices.items():
+            allowed = self._decisions[name].choices
+            if value not in allowed or type(value) is not type(allowed[allowed.index(value)]):
+                raise UserError(
+                    f"{self.name}: decision {name!r} has no choice {value!r}; "
+                    f"allowed: {', '.join(map(str, allowed))}"
+                )
+        self.check(choices)
+        return Arch(self.name, choices, self.config.model_dump())
+
+    def check(self, choices: Mapping[str, Choice]) -> None:
+        """Hook for constraints across decisions; raise `UserError` naming the decision."""
+
+    def size(self) -> int:
+        """Number of distinct archs (product of choice counts)."""
+        return int(np.prod([len(d.choices) for d in self._decisions.values()], dtype=object))
+
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """A uniformly random arch."""
+        return self.make_arch({n: d.choices[rng.integers(len(d.choices))] for n, d in self._decisions.items()})
+
+    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
+        """`arch` with one random decision changed to a different choice."""
+        mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
+        decision = mutable[rng.integers(len(mutable))]
+        others = [c for c in decision.choices if c != arch.choices[decision.name]]
+        return self.make_arch({**arch.choices, decision.name: others[rng.integers(len(others))]})
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover: each decision from `a` or `b` with equal chance."""
+        pick = rng.random(len(self._decisions)) < 0.5
+        return self.make_arch({n: (a if p else b).choices[n] for n, p in zip(self._decisions, pick)})
+
+    # -- presets --------------------------------------------------------------------
+    def preset_names(self) -> list[str]:
+        """Names of the published archs in this space's YAML."""
+        return sorted(self._preset_specs)
+
+    def preset(self, name: str) -> Arch:
+        """The published arch `name`, at the preset's own config (e.g. 224x224, 1000 classes)."""
+        spec = self._preset_specs.get(name)
+        if spec is None:
+            raise UserError(f"{self.name}: unknown preset {name!r}; known: {', '.join(self.preset_names())}")
+        space = load_space(self.name, spec.config)
+        return space.make_arch(spec.choices)
+
+    def preset_spec(self, name: str) -> PresetSpec:
+        """Source and published figures of preset `name`."""
+        self.preset(name)
+        return self._preset_specs[name]
+
+
+def _space_file(name: str) -> SpaceFile:
+    path = SPACES_DIR / f"{name}.yaml"
+    return parse(SpaceFile, load_yaml(path), str(path))
+
+
+def load_space(name: str, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
+    """The registered space `name` at its YAML defaults merged with `overrides`."""
+    return _load_space(name, canonical_json(dict(overrides or {})))
+
+
+@cache
+def _load_space(name: str, overrides_json: str) -> SearchSpace:
+    import json
+
+    cls = SPACES.get(name)
+    spec = _space_file(name)
+    merged = {**spec.defaults, **json.loads(overrides_json)}
+    config = parse(cls.config_model, merged, f"{name} space config")
+    return cls(config, spec.presets)
+
+
+def space_of(arch: Arch) -> SearchSpace:
+    """The space (at the arch's own config) that `arch` belongs to."""
+    return load_space(arch.space, dict(arch.config))
+
+
+def find_preset(name: str) -> Arch:
+    """The preset `name` from whichever space defines it (names are unique across spaces)."""
+    for space_name in SPACES.names():
+        if name in _space_file(space_name).presets:
+            return load_space(space_name).preset(name)
+    known = sorted(p for s in SPACES.names() for p in _space_file(s).presets)
+    raise UserError(f"unknown preset {name!r}; known: {', '.join(known)}")
+
+
+__all__ = ["Decision", "SearchSpace", "SpaceConfig", "Unit", "find_preset", "load_space", "space_of"]

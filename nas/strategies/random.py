@@ -1,0 +1,15 @@
+"""Random search: every arch drawn uniformly from the space (the baseline of NAS papers)."""
+
+from __future__ import annotations
+
+from nas.arch import Arch
+from nas.registry import STRATEGIES
+from nas.strategies.base import Strategy
+
+
+@STRATEGIES.register("random")
+class RandomSearch(Strategy):
+    """Uniform sampling; learns nothing from tells."""
+
+    def _propose(self) -> Arch:
+        return self.space.sample(self.rng)

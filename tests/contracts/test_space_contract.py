@@ -1,0 +1,72 @@
+"""Every registered space: archs are valid values, presets build and run, costs add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nas.arch import Arch
+from nas.errors import UserError
+from nas.evaluate.metrics import count_macs, count_params
+from nas.space import load_space
+
+
+def test_sample_mutate_crossover_give_valid_archs(space_name: str) -> None:
+    space = load_space(space_name)
+    rng = np.random.default_rng(1)
+    a, b = space.sample(rng), space.sample(rng)
+    for arch in (a, b, space.mutate(a, rng), space.crossover(a, b, rng)):
+        assert space.make_arch(dict(arch.choices)) == arch
+    child = space.mutate(a, rng)
+    assert sum(child.choices[k] != a.choices[k] for k in a.choices) == 1
+
+
+def test_json_round_trip_keeps_hash(space_name: str) -> None:
+    arch = load_space(space_name).sample(np.random.default_rng(2))
+    again = Arch.from_json(arch.to_json())
+    assert again == arch and again.hash == arch.hash
+    assert json.loads(arch.to_json())["space"] == space_name
+
+
+def test_hash_is_stable_across_processes(space_name: str) -> None:
+    arch = load_space(space_name).sample(np.random.default_rng(3))
+    code = "import sys; from nas.arch import Arch; print(Arch.from_json(sys.stdin.read()).hash)"
+    out = subprocess.run([sys.executable, "-c", code], input=arch.to_json(), capture_output=True, text=True,
+                         env={**os.environ, "PYTHONHASHSEED": "123"}, check=True)
+    assert out.stdout.strip() == arch.hash
+
+
+def test_unknown_choice_is_a_user_error(space_name: str) -> None:
+    space = load_space(space_name)
+    arch = space.sample(np.random.default_rng(4))
+    name = next(iter(arch.choices))
+    with pytest.raises(UserError, match=name):
+        space.make_arch({**arch.choices, name: "no_such_op"})
+    with pytest.raises(UserError, match="unknown decision"):
+        space.make_arch({**arch.choices, "no.such.decision": 1})
+
+
+def test_tiny_preset_builds_runs_and_costs_add_up(space_name: str) -> None:
+    space = load_space(space_name)
+    tiny = space.preset(f"{space_name}_tiny")
+    tiny_space = load_space(space_name, dict(tiny.config))
+    model = tiny_space.build(tiny).eval()
+    res = tiny.config["resolution"]
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, res, res))
+    assert out.shape == (2, tiny.config["num_classes"])
+    assert tiny_space.cost(tiny) == {"params": count_params(model), "macs": count_macs(model, (3, res, res))}
+
+
+def test_latency_keys_are_all_enumerated(space_name: str) -> None:
+    space = load_space(space_name)
+    every = set(space.all_latency_keys())
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        assert set(space.latency_keys(space.sample(rng))) <= every
