@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from ray.tune.search import Searcher
+
 from nas.arch import Arch
 from nas.config import Objective, RunConfig
 from nas.errors import NasError, UserError
@@ -158,33 +160,36 @@ def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> str | 
         return None
 
 
-def _make_searcher(search: Search) -> Any:
-    from ray.tune.search import Searcher
+_SEARCHES: dict[int, Search] = {}
+"""Live searches by id: Tune pickles its searcher, which must not carry the run dir's lock."""
 
-    class _StrategySearcher(Searcher):
-        """Tune's view of the strategy: one suggestion is one batch of archs."""
 
-        def __init__(self) -> None:
-            super().__init__(metric=None, mode=None)
-            self.live: dict[str, list[Arch]] = {}
+class _StrategySearcher(Searcher):
+    """Tune's view of the strategy: one suggestion is one batch of archs."""
 
-        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            if not search.rerun and search.remaining <= 0:
-                return Searcher.FINISHED
-            archs = search.next_batch()
-            self.live[trial_id] = archs
-            return {"spec": search.spec.model_dump(mode="json"), "archs": [encode(search.space, a) for a in archs]}
+    def __init__(self, search: Search) -> None:
+        super().__init__(metric=None, mode=None)
+        self.search_id = id(search)
+        _SEARCHES[self.search_id] = search
+        self.live: dict[str, list[Arch]] = {}
 
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            archs = self.live.pop(trial_id)
-            if error or result is None or "results" not in result:
-                search.in_flight -= len(archs)
-                search.rerun.extend(archs)
-                search.failed += 1
-                return
-            search.record(archs, result)
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        search = _SEARCHES[self.search_id]
+        if not search.rerun and search.remaining <= 0:
+            return Searcher.FINISHED
+        archs = search.next_batch()
+        self.live[trial_id] = archs
+        return {"spec": search.spec.model_dump(mode="json"), "archs": [encode(search.space, a) for a in archs]}
 
-    return _StrategySearcher()
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        search = _SEARCHES[self.search_id]
+        archs = self.live.pop(trial_id)
+        if error or result is None or "results" not in result:
+            search.in_flight -= len(archs)
+            search.rerun.extend(archs)
+            search.failed += 1
+            return
+        search.record(archs, result)
 
 
 def _connect(address: str | None, num_cpus: int | None) -> None:
@@ -244,14 +249,21 @@ def _run_tune(search: Search, rd: RunDir, address: str | None, num_cpus: int | N
     tuner = tune.Tuner(
         tune.with_resources(evaluate_trial, {"cpu": search.config.cpus_per_trial}),
         tune_config=tune.TuneConfig(
-            search_alg=_make_searcher(search), num_samples=-1,
+            search_alg=_StrategySearcher(search), num_samples=-1,
             max_concurrent_trials=concurrency, reuse_actors=True,
+            trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=f"session-{session}", storage_path=str(rd.path / "tune"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=2),
         ),
     )
+    # Trial results travel back in memory; Tune's result files are off, so its end-of-run
+    # metrics fetch has nothing to read and would warn about every trial.
+    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     start = time.perf_counter()
-    tuner.fit()
+    try:
+        tuner.fit()
+    finally:
+        _SEARCHES.pop(id(search), None)
     log.info("tune session %d finished in %.1f s", session, time.perf_counter() - start)

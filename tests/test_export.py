@@ -27,10 +27,15 @@ def test_registered_formats() -> None:
 def test_all_formats_written_and_verified(arch: Arch, tmp_path: Path) -> None:
     results = export(arch, EXPORTERS.names(), tmp_path / "out")
     stem = f"proxylessnas-{arch.short_hash}"
-    assert {f: r.path.name for f, r in results.items()} == {
-        "json": f"{stem}.json", "onnx": f"{stem}.onnx", "pt": f"{stem}.pt", "torchscript": f"{stem}.torchscript.pt",
+    names = {f: r.path.name for f, r in results.items()}
+    assert names == {
+        "json": f"{stem}.json",
+        "onnx": f"{stem}.onnx",
+        "pt": f"{stem}.pt",
+        "torchscript": f"{stem}.torchscript.pt",
     }
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(r.path.name for r in results.values())
+    # Only the four files: no temp files or directories left behind.
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(names.values())
     assert results["json"].max_abs_diff == results["pt"].max_abs_diff == 0.0
     assert results["torchscript"].max_abs_diff <= 1e-5 and results["onnx"].max_abs_diff <= 1e-4
 

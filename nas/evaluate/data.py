@@ -146,6 +146,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only, so a data file cannot run code."""
 
     _ALLOWED = {
+        ("_codecs", "encode"),  # bytes in protocol 2 pickles written by Python 3
         ("numpy", "ndarray"), ("numpy", "dtype"),
         ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),

@@ -84,8 +84,8 @@ def profile(
 
     if n_fit > 0:
         fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set())
-        rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, _time_archs(space, timer, fit_archs,
-                                                                                       progress, "fit"))]
+        fit_ms = _time_archs(space, timer, fit_archs, progress, "fit")
+        rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, fit_ms, strict=True)]
         fitted = (correct or fit_ridge)({k: e.mean for k, e in entries.items()}, rows)
         fitted = fitted.model_copy(update={"params": {**fitted.params, "seed": seed, "n_fit": n_fit}})
         table = table.replace(correction=fitted)
@@ -198,7 +198,7 @@ def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
     return Correction(
         method="ridge",
         intercept_ms=float(c),
-        entries={k: float(v) for k, v in zip(keys, x)},
+        entries={k: float(v) for k, v in zip(keys, x, strict=True)},
         params={"scale": float(scale), "ridge": float(best), "cv_mape": cv[best] * 100},
     )
 

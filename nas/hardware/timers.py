@@ -1,15 +1,23 @@
 """Timers: measure the latency of one module on one backend, the same way every time.
 
-A `Timer` runs a module on a fixed input of shape (B, C, H, W) with a fixed number
-of threads. The protocol, shared by every backend (`_measure`): warm-up calls for
-`warmup_ms`; one calibration call sets the calls per block so that a block lasts
-about `block_ms`; then `blocks` timed blocks. The reported `mean_ms` is the median
-over blocks of the per-call block mean (robust to the stray interruptions of a
-shared machine), `std_ms` the standard deviation of the block means and `count`
-the number of timed calls. The garbage collector is paused while timing. Backends:
-`cpu` (PyTorch eager, eval mode, inference mode), `onnxruntime` (the module exported
-with the TorchScript exporter, CPU execution provider) and `cuda` (CUDA events).
-Torch and onnxruntime are imported lazily, so `import nas.hardware` stays light.
+A `Timer` runs a module on a fixed random input of shape (B, C, H, W) with a fixed
+number of threads, in eval mode. Protocol (`_measure`), shared by every backend:
+warm-up calls for `warmup_ms`; one calibration call sets the calls per block so
+that a block lasts about `block_ms`; then `blocks` timed blocks, with the garbage
+collector paused. The speed of a shared or virtual machine drifts by tens of per
+cent within seconds (other tenants, frequency), which no statistic over one
+module's own blocks removes. So CPU timers (`reference=True`) time a fixed
+reference module (`_reference_module`, an MBConv-like block) before and after
+every block and keep the ratio of the block to its neighbouring reference blocks;
+the latency is the median ratio times `reference_ms`, the reference's fastest
+block mean over a calibration run at first use (so latencies read as ms at the
+machine's best observed speed; a table stores `reference_ms`, and re-validation
+reuses it). Without a reference (`cuda`) the latency is the median of the
+per-call block means. `std_ms` is the spread of the blocks on the same scale,
+`count` the number of timed calls. Backends: `cpu` (PyTorch eager, inference
+mode), `onnxruntime` (TorchScript ONNX export, CPU execution provider) and `cuda`
+(CUDA events). Torch and onnxruntime are imported lazily, so `import nas.hardware`
+stays light.
 """
 
 from __future__ import annotations
@@ -24,11 +32,11 @@ import time as _clock
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from nas.errors import UserError
 from nas.registry import TIMERS
@@ -38,6 +46,11 @@ if TYPE_CHECKING:
 
 RunCalls = Callable[[int], float]
 """Runs the module `n` times back to back and returns the elapsed seconds."""
+
+_REFERENCE_SHAPE = (16, 16, 16)  # (C, H, W) of the reference module's input
+_CALIBRATION_BLOCKS = 100
+_CALIBRATION_BLOCK_S = 0.002
+_WARM = True
 
 
 @dataclass(frozen=True)
@@ -50,7 +63,7 @@ class Timing:
 
 
 class Timer(ABC):
-    """Base class of timers; a subclass names its engine and runs a module on its backend.
+    """Base class of timers; a subclass names its engine and prepares a module for its backend.
 
     Args:
         threads: intra-op threads of the backend (`--threads`), fixed while timing.
@@ -58,20 +71,25 @@ class Timer(ABC):
         blocks: number of timed blocks.
         block_ms: target duration of one block.
         warmup_ms: warm-up time before calibration.
+        reference: time relative to the reference module (default: the class's `normalizes`).
+        reference_ms: latency the reference stands for; calibrated at first use when None.
     """
 
     name: ClassVar[str]
     engine: ClassVar[str]
     dtype: ClassVar[str] = "fp32"
+    normalizes: ClassVar[bool] = True
 
     def __init__(
         self,
         threads: int = 1,
         batch: int = 1,
         *,
-        blocks: int = 9,
-        block_ms: float = 10.0,
+        blocks: int = 11,
+        block_ms: float = 5.0,
         warmup_ms: float = 20.0,
+        reference: bool | None = None,
+        reference_ms: float | None = None,
     ) -> None:
         _check_positive("--threads", threads)
         _check_positive("--batch", batch)
@@ -83,6 +101,9 @@ class Timer(ABC):
         self.blocks = blocks
         self.block_ms = block_ms
         self.warmup_ms = warmup_ms
+        self.reference = self.normalizes if reference is None else reference
+        self.reference_ms = reference_ms
+        self._reference_run: RunCalls | None = None
 
     @property
     @abstractmethod
@@ -90,8 +111,8 @@ class Timer(ABC):
         """The hardware model, e.g. `AMD EPYC` or `NVIDIA H100 80GB HBM3`."""
 
     @abstractmethod
-    def _session(self, module: nn.Module, shape: tuple[int, ...]) -> AbstractContextManager[RunCalls]:
-        """Context manager: prepare `module` for input `shape` (batch included), yield its runner."""
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
+        """The runner of `module` (in eval mode) on a random input of `shape` (batch included)."""
 
     def versions(self) -> dict[str, str]:
         """Library versions that influence the timings."""
@@ -104,10 +125,18 @@ class Timer(ABC):
         """Path-safe slug of hardware, engine, threads, dtype and batch: `amd-epyc-torch-t1-fp32-b1`."""
         return _slug(f"{self.hardware} {self.engine} t{self.threads} {self.dtype} b{self.batch}")
 
-    def protocol(self) -> dict[str, float | int | str]:
-        """The measurement protocol, stored with every table."""
-        return {"blocks": self.blocks, "block_ms": self.block_ms, "warmup_ms": self.warmup_ms,
-                "statistic": "median of per-call block means"}
+    def protocol(self) -> dict[str, Any]:
+        """The measurement protocol, stored with every table (calibrates the reference if needed)."""
+        protocol: dict[str, Any] = {"blocks": self.blocks, "block_ms": self.block_ms,
+                                    "warmup_ms": self.warmup_ms, "reference": self.reference}
+        if self.reference:
+            with self._pinned():
+                self._reference()
+            protocol["reference_ms"] = self.reference_ms
+            protocol["statistic"] = "median of block / adjacent reference blocks, times reference_ms"
+        else:
+            protocol["statistic"] = "median of per-call block means"
+        return protocol
 
     def time(self, module: nn.Module, input_shape: tuple[int, ...], batch: int | None = None) -> Timing:
         """Latency of one forward pass of `module` on a random input of shape (batch, *input_shape).
@@ -116,8 +145,33 @@ class Timer(ABC):
         """
         batch = self.batch if batch is None else batch
         _check_positive("--batch", batch)
-        with self._session(module, (batch, *input_shape)) as run:
-            return _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks)
+        with self._pinned(), _eval_mode(module):
+            run = self._prepare(module, (batch, *input_shape))
+            reference = self._reference() if self.reference else None
+            values, calls = _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks, reference)
+        scale = (self.reference_ms if reference is not None else 1e3)
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return Timing(mean_ms=statistics.median(values) * scale, std_ms=std * scale, count=calls * self.blocks)
+
+    @contextmanager
+    def _pinned(self) -> Iterator[None]:
+        """Torch's intra-op threads fixed to `threads` (restored after)."""
+        import torch
+
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
+    def _reference(self) -> RunCalls:
+        """The reference runner, prepared once; calibrates `reference_ms` when unset."""
+        if self._reference_run is None:
+            self._reference_run = self._prepare(_reference_module(), (self.batch, *_REFERENCE_SHAPE))
+        if self.reference_ms is None:
+            self.reference_ms = _calibrate(self._reference_run, self.warmup_ms / 1e3) * 1e3
+        return self._reference_run
 
 
 def _check_positive(flag: str, value: int) -> None:
@@ -125,24 +179,83 @@ def _check_positive(flag: str, value: int) -> None:
         raise UserError(f"{flag} must be a positive integer (1, 2, 4, ...); got {value!r}")
 
 
-def _measure(run: RunCalls, warmup_s: float, block_s: float, blocks: int) -> Timing:
-    """Warm up, calibrate calls per block, time `blocks` blocks (see the module docstring)."""
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
     gc.collect()
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        spent, calls = 0.0, 0
-        while calls < 2 or spent < warmup_s:
-            spent += run(1)
-            calls += 1
-        per_call = run(1)
-        n = max(1, math.ceil(block_s / max(per_call, 1e-7)))
-        means = [run(n) / n for _ in range(blocks)]
+        yield
     finally:
         if was_enabled:
             gc.enable()
-    std = statistics.stdev(means) if len(means) > 1 else 0.0
-    return Timing(mean_ms=statistics.median(means) * 1e3, std_ms=std * 1e3, count=n * blocks)
+
+
+def _calls_per_block(run: RunCalls, warmup_s: float, block_s: float) -> int:
+    """Warm `run` up for `warmup_s` (two calls at least), then size a block to last about `block_s`."""
+    spent, calls = 0.0, 0
+    while calls < 2 or spent < warmup_s:
+        spent += run(1)
+        calls += 1
+    return max(1, math.ceil(block_s / max(run(1), 1e-7)))
+
+
+def _measure(
+    run: RunCalls, warmup_s: float, block_s: float, blocks: int, reference: RunCalls | None
+) -> tuple[list[float], int]:
+    """Per-block seconds per call of `run` (or ratios to the adjacent reference blocks) and calls per block."""
+    with _gc_paused():
+        n = _calls_per_block(run, warmup_s, block_s)
+        if reference is None:
+            return [run(n) / n for _ in range(blocks)], n
+        m = _calls_per_block(reference, 0.0, block_s)
+        before = _warm_block(reference, m)
+        ratios = []
+        for _ in range(blocks):
+            per_call = _warm_block(run, n)
+            after = _warm_block(reference, m)
+            ratios.append(2 * per_call / (before + after))
+            before = after
+        return ratios, n
+
+
+def _warm_block(run: RunCalls, n: int) -> float:
+    """Seconds per call of `n` calls after one untimed call (the switch between modules cools the caches)."""
+    if _WARM:
+        run(1)
+    return run(n) / n
+
+
+def _calibrate(reference: RunCalls, warmup_s: float) -> float:
+    """Fastest per-call block mean (seconds) of the reference over a short calibration run."""
+    with _gc_paused():
+        m = _calls_per_block(reference, warmup_s, _CALIBRATION_BLOCK_S)
+        return min(reference(m) / m for _ in range(_CALIBRATION_BLOCKS))
+
+
+def _reference_module() -> nn.Module:
+    """A fixed MBConv-like block (1x1 expand x3, depthwise 3x3, 1x1 project) on 16x16x16, eval mode."""
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        module = nn.Sequential(
+            nn.Conv2d(16, 48, 1, bias=False), nn.BatchNorm2d(48), nn.ReLU6(),
+            nn.Conv2d(48, 48, 3, padding=1, groups=48, bias=False), nn.BatchNorm2d(48), nn.ReLU6(),
+            nn.Conv2d(48, 16, 1, bias=False), nn.BatchNorm2d(16),
+        )
+    return module.eval()
 
 
 def _slug(text: str) -> str:
@@ -166,27 +279,15 @@ def _cpu_model() -> str:
 
 
 class _TorchTimer(Timer):
-    """Shared eager-PyTorch session: eval mode, inference mode, fixed thread count (restored after)."""
+    """Shared eager-PyTorch runner on `device`, in inference mode."""
 
     device: ClassVar[str]
 
-    @contextmanager
-    def _session(self, module: nn.Module, shape: tuple[int, ...]) -> Iterator[RunCalls]:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
         import torch
 
-        previous_threads, was_training = torch.get_num_threads(), module.training
-        torch.set_num_threads(self.threads)
-        module.eval()
-        try:
-            module = module.to(self.device)
-            x = torch.randn(shape, device=self.device)  # (B, C, H, W)
-            yield self._runner(module, x)
-        finally:
-            module.train(was_training)
-            torch.set_num_threads(previous_threads)
-
-    def _runner(self, module: nn.Module, x) -> RunCalls:
-        import torch
+        module = module.to(self.device)
+        x = torch.randn(shape, device=self.device)  # (B, C, H, W)
 
         def run(n: int) -> float:
             with torch.inference_mode():
@@ -213,13 +314,14 @@ class CpuTimer(_TorchTimer):
 
 @TIMERS.register("cuda")
 class CudaTimer(_TorchTimer):
-    """PyTorch eager on the current CUDA GPU, timed with CUDA events (threads set the CPU side)."""
+    """PyTorch eager on the current CUDA GPU, timed with CUDA events; no reference by default."""
 
     name = "cuda"
     engine = "torch"
     device = "cuda"
+    normalizes = False
 
-    def __init__(self, threads: int = 1, batch: int = 1, **protocol: float | int) -> None:
+    def __init__(self, threads: int = 1, batch: int = 1, **protocol: Any) -> None:
         import torch
 
         if not torch.cuda.is_available():
@@ -238,8 +340,11 @@ class CudaTimer(_TorchTimer):
         return {**super().versions(), "cuda": str(torch.version.cuda),
                 "cudnn": str(torch.backends.cudnn.version())}
 
-    def _runner(self, module: nn.Module, x) -> RunCalls:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
         import torch
+
+        module = module.to(self.device)
+        x = torch.randn(shape, device=self.device)  # (B, C, H, W)
 
         def run(n: int) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -271,27 +376,21 @@ class OnnxRuntimeTimer(Timer):
 
         return {**super().versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
-    @contextmanager
-    def _session(self, module: nn.Module, shape: tuple[int, ...]) -> Iterator[RunCalls]:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
         import numpy as np
         import onnxruntime as ort
         import torch
 
-        was_training = module.training
-        module.eval()
-        try:
-            with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
-                path = str(Path(tmp) / "unit.onnx")
-                with warnings.catch_warnings(), torch.no_grad():
-                    warnings.simplefilter("ignore", DeprecationWarning)
-                    torch.onnx.export(module, (torch.zeros(shape),), path, dynamo=False,
-                                      input_names=["x"], output_names=["y"])
-                options = ort.SessionOptions()
-                options.intra_op_num_threads = self.threads
-                options.inter_op_num_threads = 1
-                session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
-        finally:
-            module.train(was_training)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
+            path = str(Path(tmp) / "unit.onnx")
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (torch.zeros(shape),), path, dynamo=False,
+                                  input_names=["x"], output_names=["y"])
+            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         feed = {"x": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
         def run(n: int) -> float:
@@ -300,7 +399,7 @@ class OnnxRuntimeTimer(Timer):
                 session.run(None, feed)
             return _clock.perf_counter() - start
 
-        yield run
+        return run
 
 
 __all__ = ["CpuTimer", "CudaTimer", "OnnxRuntimeTimer", "Timer", "Timing"]

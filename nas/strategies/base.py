@@ -90,7 +90,7 @@ class Strategy(ABC):
 
     def pending(self) -> list[Arch]:
         """Archs asked but not told yet (in-flight), each as often as it is pending."""
-        return [self._pending_archs[h] for h, n in sorted(self._pending.items()) for _ in range(n)]
+        return [self._pending_archs[h] for h, n in self._pending.items() for _ in range(n)]
 
     @abstractmethod
     def _propose(self) -> Arch:

@@ -45,7 +45,8 @@ def _write_cifar(root: Path, n_batches: int = 2, per_batch: int = 6, protocol: i
         rows = rng.integers(0, 256, size=(per_batch, 3072), dtype=np.uint8)
         labels = [int(v) for v in rng.integers(0, 10, size=per_batch)]
         with (root / name).open("wb") as f:
-            pickle.dump({b"batch_label": name.encode(), b"data": rows, b"labels": labels}, f, protocol=protocol)
+            batch = {b"batch_label": name.encode(), b"data": rows, b"labels": labels}
+            pickle.dump(batch, f, protocol=protocol)
         written[name] = (rows, labels)
     return written
 

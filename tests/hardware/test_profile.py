@@ -1,0 +1,98 @@
+"""Profiling end to end on a tiny fake space, validation re-runs and the correction fit."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from nas.errors import NasError
+from nas.hardware.profile import _draw, _log_report, fit_none, fit_ridge, profile, validate
+from nas.hardware.table import Figures, LatencyTable, Report
+
+REPORT_FIELDS = {"n_archs", "mape", "within_5", "within_10", "spearman", "noise", "naive", "passes",
+                 "seed", "measured_at"}
+
+
+@pytest.fixture
+def profiled(space, timer, tmp_path):
+    stages = []
+    path = tmp_path / timer.device_id / "fake-r8.yaml"
+    table = profile(space, timer, 1, path, n_validate=4, seed=3, n_fit=10,
+                    progress=lambda stage, done, total: stages.append((stage, done, total)))
+    return table, path, stages
+
+
+def test_profile_writes_a_complete_table(space, timer, profiled):
+    table, path, stages = profiled
+    loaded = LatencyTable.load(path, space, batch=1)
+    assert loaded.data == table.data
+    assert set(loaded.entries) == set(space.all_latency_keys())
+    meta = loaded.metadata
+    assert (meta.space, meta.device_id, meta.backend, meta.batch, meta.threads, meta.dtype) == (
+        "fake", timer.device_id, "cpu", 1, 1, "fp32")
+    assert meta.space_config == {"resolution": 8, "num_classes": 4, "width": 8}
+    assert "torch" in meta.versions and meta.protocol["blocks"] == 3
+
+    report = loaded.validation.model_dump()
+    assert set(report) == REPORT_FIELDS
+    assert set(report["naive"]) == {"mape", "within_5", "within_10", "spearman"}
+    assert report["n_archs"] == 4 and report["seed"] == 3
+    assert 0 <= report["within_5"] <= report["within_10"] <= 1 and report["mape"] >= 0 and report["noise"] >= 0
+
+    correction = loaded.correction
+    assert correction.method == "ridge" and correction.intercept_ms >= 0
+    assert correction.params["n_fit"] == 10 and correction.params["seed"] == 3
+    for arch in [space.sample(np.random.default_rng(i)) for i in range(5)]:
+        expected = correction.intercept_ms + sum(correction.entries[k] for k in space.latency_keys(arch))
+        assert loaded.predict(arch) == pytest.approx(expected, rel=1e-12)
+
+    assert [s for s in dict.fromkeys(stage for stage, _, _ in stages)] == ["units", "fit", "validate"]
+    assert stages[-1] == ("validate", 8, 8)
+
+
+def test_validate_rewrites_only_the_report(space, timer, profiled):
+    table, path, _ = profiled
+    loaded = LatencyTable.load(path, space)
+    report = validate(loaded, space, timer, n=3, seed=11)
+    assert set(report) == REPORT_FIELDS and report["n_archs"] == 3 and report["seed"] == 11
+    again = LatencyTable.load(path)
+    assert again.validation.model_dump() == report
+    assert again.entries == table.entries and again.correction == table.correction
+
+
+def test_validation_archs_are_held_out(space):
+    fit = _draw(space, np.random.default_rng([3, 0]), 10, set())
+    held_out = _draw(space, np.random.default_rng([3, 1]), 30, {a.hash for a in fit})
+    assert len({a.hash for a in fit + held_out}) == 40
+
+
+def test_profile_refuses_a_batch_other_than_the_timers(space, timer, tmp_path):
+    with pytest.raises(NasError, match="batch 2"):
+        profile(space, timer, 2, tmp_path / "t.yaml")
+
+
+def test_fit_ridge_recovers_intercept_and_scale():
+    rng = np.random.default_rng(0)
+    prior = {f"k{i}": float(v) for i, v in enumerate(rng.uniform(0.1, 1.0, 12))}
+    rows = []
+    for _ in range(40):
+        keys = list(rng.choice(list(prior), size=6, replace=True))
+        rows.append((keys, 0.3 + 1.4 * sum(prior[k] for k in keys)))
+    fitted = fit_ridge(prior, rows)
+    for keys, measured in rows:
+        predicted = fitted.intercept_ms + sum(fitted.entries[k] for k in keys)
+        assert predicted == pytest.approx(measured, rel=0.01)
+    assert fitted.params["scale"] == pytest.approx(1.4, rel=0.05)
+    assert min(fitted.entries.values()) >= 0
+    assert fit_none(prior, rows).entries == prior
+
+
+def test_failing_report_warns_loudly(caplog):
+    figures = Figures(mape=20.0, within_5=0.2, within_10=0.4, spearman=0.7)
+    report = Report(**figures.model_dump(), n_archs=4, noise=3.0, naive=figures, passes=False, seed=0,
+                    measured_at="2025-01-01T00:00:00+00:00")
+    with caplog.at_level(logging.WARNING, logger="nas.hardware.profile"):
+        _log_report(report, "dev")
+    assert "FAILS ITS ACCURACY BAR" in caplog.text

@@ -1,0 +1,193 @@
+"""LatencyTable files, prediction, matching and lookup; timer argument checks."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from nas.errors import UserError
+from nas.hardware import table as table_module
+from nas.hardware.table import Correction, Entry, LatencyTable, Metadata, TableFile, resolve_table, table_path
+from nas.hardware.timers import CpuTimer, CudaTimer, OnnxRuntimeTimer
+from nas.registry import TIMERS
+
+from .conftest import FakeConfig, FakeSpace
+
+
+def make_table(space, batch: int = 1, drop: int = 0, corrected: bool = True) -> LatencyTable:
+    keys = space.all_latency_keys()[drop:]
+    entries = {k: Entry(mean=0.1 * (i + 1), std=0.01, count=90) for i, k in enumerate(keys)}
+    correction = None
+    if corrected:
+        correction = Correction(method="ridge", intercept_ms=0.05,
+                                entries={k: 1.5 * e.mean for k, e in entries.items()}, params={"scale": 1.5})
+    meta = Metadata(space=space.name, space_config=space.config.model_dump(mode="json"),
+                    device_id="test-cpu-torch-t1-fp32-b1", backend="cpu", hardware="test cpu", batch=batch,
+                    dtype="fp32", threads=1, versions={"torch": torch.__version__},
+                    measured_at="2025-01-01T00:00:00+00:00")
+    return LatencyTable(TableFile(metadata=meta, entries=entries, correction=correction))
+
+
+def test_round_trip(space, tmp_path):
+    table = make_table(space)
+    path = tmp_path / "dev" / "fake-r8.yaml"
+    table.save(path)
+    loaded = LatencyTable.load(path, space)
+    assert loaded.data == table.data
+    assert loaded.source == str(path)
+    arch = space.sample(np.random.default_rng(0))
+    assert loaded.predict(arch) == pytest.approx(LatencyTable(table.data, space=space).predict(arch))
+    text = path.read_text()
+    assert text == yaml.safe_dump(yaml.safe_load(text), sort_keys=True)
+
+
+def test_predict_is_intercept_plus_sum(space):
+    table = make_table(space)
+    arch = space.sample(np.random.default_rng(1))
+    keys = space.latency_keys(arch)
+    expected = table.correction.intercept_ms + sum(table.correction.entries[k] for k in keys)
+    assert LatencyTable(table.data, space=space).predict(arch) == pytest.approx(expected)
+    assert table.predict_naive(keys) == pytest.approx(sum(table.entries[k].mean for k in keys))
+    naive = make_table(space, corrected=False)
+    assert naive.predict_keys(keys) == pytest.approx(naive.predict_naive(keys))
+
+
+def test_predict_is_fast(space):
+    table = make_table(space)
+    keys = space.latency_keys(space.sample(np.random.default_rng(2))) * 5
+    n = 20_000
+    start = time.perf_counter()
+    for _ in range(n):
+        table.predict_keys(keys)
+    assert n / (time.perf_counter() - start) > 50_000
+
+
+def test_failed_write_keeps_old_file(space, tmp_path, monkeypatch):
+    path = tmp_path / "fake-r8.yaml"
+    make_table(space).save(path)
+    before = path.read_bytes()
+
+    def broken_dump(data, stream, **kwargs):
+        stream.write("metadata:\n  space: fa")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(table_module.yaml, "safe_dump", broken_dump)
+    with pytest.raises(OSError, match="disk full"):
+        make_table(space, batch=4).save(path)
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda text: text[: len(text) // 2], "fake-r8.yaml"),
+        (lambda text: "metadata: [unclosed\n", "malformed YAML"),
+        (lambda text: "", "metadata"),
+        (lambda text: "- just\n- a list\n", "not a latency table"),
+        (lambda text: text.replace("count: 90", "count: many", 1), "count"),
+        (lambda text: text + "extra_key: 1\n", "extra_key"),
+    ],
+    ids=["truncated", "malformed", "empty", "list", "bad-value", "unknown-key"],
+)
+def test_corrupt_file_is_user_error(space, tmp_path, mutate, message):
+    path = tmp_path / "fake-r8.yaml"
+    make_table(space).save(path)
+    path.write_text(mutate(path.read_text()))
+    with pytest.raises(UserError, match=message) as err:
+        LatencyTable.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_correction_must_cover_entries(space):
+    table = make_table(space)
+    entries = dict(table.correction.entries)
+    entries.pop(next(iter(entries)))
+    with pytest.raises(UserError, match="correction keys differ"):
+        table.replace(correction=table.correction.model_copy(update={"entries": entries}))
+
+
+def test_missing_keys_are_listed(space):
+    table = LatencyTable(make_table(space, drop=2).data, space=space)
+    arch = space.make_arch({f"b{i}.op": "k3" if i % 2 else "k5" for i in range(1, 5)})
+    missing = sorted(set(space.all_latency_keys()[:2]))
+    with pytest.raises(UserError, match="lacks 2 of the 4 keys") as err:
+        table.predict(arch)
+    for key in missing:
+        assert key in str(err.value)
+    assert "nas profile --space fake --device cpu --batch 1" in str(err.value)
+
+
+def test_other_space_config_or_batch_is_refused(space):
+    table = make_table(space)
+    table.check_matches(space, batch=1)
+    with pytest.raises(UserError, match="measured at batch 1, not 8"):
+        table.check_matches(space, batch=8)
+    with pytest.raises(UserError, match="resolution=8 .want 16."):
+        table.check_matches(FakeSpace(FakeConfig(resolution=16)))
+
+    class OtherSpace(FakeSpace):
+        name = "other"
+
+    with pytest.raises(UserError, match="for space 'fake', not 'other'"):
+        table.check_matches(OtherSpace(FakeConfig()))
+    arch16 = FakeSpace(FakeConfig(resolution=16)).sample(np.random.default_rng(0))
+    with pytest.raises(UserError, match="table is for space fake"):
+        table.predict(arch16)
+
+
+def test_resolve_table(space, tmp_path, monkeypatch):
+    monkeypatch.setattr(table_module, "PROFILES_DIR", tmp_path)
+    with pytest.raises(UserError, match="looked for .*fake-r8.yaml.*nas profile --space fake") as err:
+        resolve_table(None, space, batch=1)
+    assert CpuTimer().device_id in str(err.value)
+    table = make_table(space)
+    table.save(table_path("my-device", space))
+    assert resolve_table("my-device", space, batch=1).data == table.data
+    assert table_path("my-device", space) == tmp_path / "my-device" / "fake-r8.yaml"
+    with pytest.raises(UserError, match="not 4"):
+        resolve_table("my-device", space, batch=4)
+    file = tmp_path / "elsewhere.yaml"
+    table.save(file)
+    assert resolve_table(str(file), space, batch=1).data == table.data
+    with pytest.raises(UserError, match="not found"):
+        resolve_table(str(tmp_path / "nope.yaml"), space, batch=1)
+
+
+def test_cuda_timer_without_gpu_is_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA GPU")
+    with pytest.raises(UserError, match="no CUDA GPU on this machine; allowed here: cpu, onnxruntime"):
+        CudaTimer()
+
+
+@pytest.mark.parametrize("kwargs", [{"batch": 0}, {"batch": -2}, {"threads": 0}])
+def test_non_positive_batch_or_threads_is_user_error(kwargs):
+    flag = "--" + next(iter(kwargs))
+    with pytest.raises(UserError, match=flag):
+        CpuTimer(**kwargs)
+    with pytest.raises(UserError, match="--batch"):
+        CpuTimer().time(torch.nn.ReLU(), (1, 2, 2), batch=0)
+
+
+def test_unknown_timer_lists_known():
+    with pytest.raises(UserError, match="unknown device 'tpu'; known: cpu, cuda, onnxruntime"):
+        TIMERS.get("tpu")
+
+
+@pytest.mark.parametrize("timer_cls", [CpuTimer, OnnxRuntimeTimer])
+def test_timers_measure(timer_cls):
+    threads_before = torch.get_num_threads()
+    timer = timer_cls(threads=1, batch=2, blocks=3, block_ms=1.0, warmup_ms=1.0)
+    module = torch.nn.Conv2d(4, 4, 3, padding=1).train()
+    timing = timer.time(module, (4, 8, 8))
+    assert timing.mean_ms > 0 and timing.std_ms >= 0 and timing.count >= 3
+    assert module.training and torch.get_num_threads() == threads_before
+    assert timer.device_id.endswith("-t1-fp32-b2") and timer.device_id == timer.device_id.lower()
+    assert Path(timer.device_id).name == timer.device_id
+    assert "torch" in timer.versions()
