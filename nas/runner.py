@@ -181,6 +181,12 @@ class _StrategySearcher(Searcher):
         self.live[trial_id] = archs
         return {"spec": search.spec.model_dump(mode="json"), "archs": [encode(search.space, a) for a in archs]}
 
+    def save(self, checkpoint_path: str) -> None:
+        """No-op: the run dir, not Tune, holds the strategy state."""
+
+    def restore(self, checkpoint_path: str) -> None:
+        """No-op: a search resumes from its run dir (see `Search`)."""
+
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         search = _SEARCHES[self.search_id]
         archs = self.live.pop(trial_id)

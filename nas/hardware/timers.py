@@ -191,7 +191,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 
 @contextmanager
 def _gc_paused() -> Iterator[None]:
-    gc.collect()
+    gc.collect(1)  # the young generations only: a full collection can take a quarter of a second
     was_enabled = gc.isenabled()
     gc.disable()
     try:
