@@ -304,10 +304,15 @@ def _pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str |
             return Arch.from_json(arch.read_text())
         except OSError as err:
             raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
+        except (UnicodeDecodeError, UserError) as err:
+            raise UserError(f"--arch {arch}: {err}") from None
     best_path = run_dir / "best.json"
     if not best_path.is_file():
         raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
-    best = json.loads(best_path.read_text())
+    try:
+        best = json.loads(best_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise UserError(f"--run-dir: {best_path} is not JSON ({err}); re-run the search to rewrite it") from None
     if not 1 <= rank <= len(best):
         raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
     return Arch.from_dict(best[rank - 1]["arch"])

@@ -37,6 +37,8 @@ def load_yaml(path: Path) -> Any:
         raise UserError(f"{path}: file not found") from None
     except OSError as err:
         raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as err:

@@ -96,7 +96,11 @@ class SearchSpace(ABC):
 
     def cost(self, arch: Arch) -> dict[str, int]:
         """Params and MACs of `arch` as the sum over its timed units (equal to the whole built network)."""
-        costs = [self.unit_cost(k) for k in self.latency_keys(arch)]
+        return self.cost_of_keys(self.latency_keys(arch))
+
+    def cost_of_keys(self, keys: list[str]) -> dict[str, int]:
+        """Params and MACs summed over the units `keys`."""
+        costs = [self.unit_cost(k) for k in keys]
         return {"params": sum(c[0] for c in costs), "macs": sum(c[1] for c in costs)}
 
     # -- archs --------------------------------------------------------------------

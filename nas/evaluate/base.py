@@ -55,6 +55,8 @@ class Evaluator(ABC):
     def __init__(self, space: SearchSpace, config: EvaluatorConfig, table: Any | None) -> None:
         if self.needs_table and table is None:
             raise UserError(f"evaluator {type(self).__name__} needs a latency table (--hardware)")
+        if table is not None:
+            table.check_covers(space)  # fail when the search starts, not when a worker meets the key
         self.space = space
         self.config = config
         self.table = table
@@ -65,9 +67,10 @@ class Evaluator(ABC):
 
     def cost_metrics(self, arch: Arch) -> dict[str, float]:
         """Params, MACs and (with a table) LUT latency of `arch`: the metrics every evaluator has."""
-        metrics: dict[str, float] = dict(self.space.cost(arch))
+        keys = self.space.latency_keys(arch)
+        metrics: dict[str, float] = dict(self.space.cost_of_keys(keys))
         if self.table is not None:
-            metrics["latency_ms"] = self.table.predict(arch)
+            metrics["latency_ms"] = self.table.predict_keys(keys, what=f"arch {arch.short_hash}")
         return metrics
 
 

@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pydantic import Field
 
 from nas.arch import Arch
 from nas.evaluate.base import Evaluator, EvaluatorConfig
 from nas.registry import EVALUATORS
+
+if TYPE_CHECKING:
+    from nas.hardware.table import LatencyTable
+    from nas.space import SearchSpace
 
 
 @EVALUATORS.register("lut")
@@ -51,6 +56,25 @@ class TrainEvaluator(Evaluator):
     config: TrainConfig
     metrics = ("accuracy", "latency_ms", "params", "macs")
     default_metric = "accuracy"
+
+    def __init__(self, space: SearchSpace, config: TrainConfig, table: LatencyTable | None) -> None:
+        super().__init__(space, config, table)
+        self._check_data()
+
+    def _check_data(self) -> None:
+        """Refuse a bad data set when the search starts, not in every Ray worker.
+
+        `digits` is loaded here (small, cached per process). A CIFAR-10 directory that has its
+        files is left to the workers; one that lacks them goes to the loader, which names what
+        is missing before it reads anything.
+        """
+        from nas.evaluate.data import load_dataset
+
+        root = self.config.data_dir
+        if self.config.data == "cifar10" and root is not None and (Path(root) / "test_batch").is_file() \
+                and any(Path(root).glob("data_batch_*")):
+            return
+        load_dataset(self.config.data, root, resolution=self.space.config.resolution, seed=self.config.seed)
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
         import torch

@@ -72,12 +72,13 @@ def profile(
     """
     if batch is not None and batch != timer.batch:
         raise NasError(f"profile at batch {batch} with a timer built for batch {timer.batch}")
+    _check_n_validate(n_validate)
     keys = space.all_latency_keys()
     entries = {}
     for i, key in enumerate(keys):
         unit = space.unit(key)
         timing = timer.time(unit.module, unit.input_shape)
-        entries[key] = Entry(mean=timing.mean_ms, std=timing.std_ms, count=timing.count)
+        entries[key] = Entry(mean=_round(timing.mean_ms), std=_round(timing.std_ms), count=timing.count)
         _tick(progress, "units", i + 1, len(keys))
     log.info("timed %d units of %s on %s", len(keys), space.name, timer.device_id)
     table = LatencyTable(TableFile(metadata=_metadata(space, timer), entries=entries))
@@ -87,7 +88,11 @@ def profile(
         fit_ms = _time_archs(space, timer, fit_archs, progress, "fit")
         rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, fit_ms, strict=True)]
         fitted = (correct or fit_ridge)({k: e.mean for k, e in entries.items()}, rows)
-        fitted = fitted.model_copy(update={"params": {**fitted.params, "seed": seed, "n_fit": n_fit}})
+        fitted = fitted.model_copy(update={
+            "intercept_ms": _round(fitted.intercept_ms),
+            "entries": {k: _round(v) for k, v in fitted.entries.items()},
+            "params": {**fitted.params, "seed": seed, "n_fit": n_fit},
+        })
         table = table.replace(correction=fitted)
     report = _validation(table, space, timer, n_validate, seed, progress)
     table = table.replace(validation=report)
@@ -110,16 +115,19 @@ def validate(
         seed: seed of the validation archs; None reuses the seed the table was profiled with.
         out_path: where to write; the file the table was loaded from by default.
     """
+    target = out_path if out_path is not None else table.source
+    if target == "<memory>":
+        raise NasError("validate: a table built in memory needs out_path")
+    _check_n_validate(n)
     table.check_matches(space, timer.batch)
     if timer.device_id != table.metadata.device_id:
         raise UserError(f"{table.source}: table was measured on {table.metadata.device_id}, this timer is "
                         f"{timer.device_id}; validate on the device it was measured on")
     if seed is None:
         seed = table.correction.params.get("seed", 0) if table.correction else 0
+    if timer.reference and "reference_ms" in table.metadata.protocol:
+        timer.reference_ms = table.metadata.protocol["reference_ms"]  # the table's scale, not a new one
     report = _validation(table, space, timer, n, seed, progress)
-    target = out_path if out_path is not None else table.source
-    if target == "<memory>":
-        raise NasError("validate: a table built in memory needs out_path")
     table.replace(validation=report).save(target)
     return report.model_dump()
 
@@ -128,8 +136,6 @@ def _validation(
     table: LatencyTable, space: SearchSpace, timer: Timer, n: int, seed: int, progress: Progress | None
 ) -> Report:
     """Time `n` held-out archs twice and compare with the table's corrected and naive predictions."""
-    if n < 2:
-        raise UserError(f"--n-validate must be at least 2 (a rank correlation needs two archs); got {n}")
     params = table.correction.params if table.correction else {}
     fit_hashes = set()
     if params.get("n_fit"):
@@ -146,7 +152,7 @@ def _validation(
     report = Report(
         **figures.model_dump(),
         n_archs=n,
-        noise=float(np.median(np.abs(first - second) / measured) * 100),
+        noise=_round(np.median(np.abs(first - second) / measured) * 100),
         naive=_figures(naive, measured),
         passes=figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
         seed=seed,
@@ -156,13 +162,18 @@ def _validation(
     return report
 
 
+def _check_n_validate(n: int) -> None:
+    if n < 2:
+        raise UserError(f"--n-validate must be at least 2 (a rank correlation needs two archs); got {n}")
+
+
 def _figures(predicted: np.ndarray, measured: np.ndarray) -> Figures:
     from scipy.stats import spearmanr
 
     rel = np.abs(predicted - measured) / measured
     rho = float(spearmanr(predicted, measured).statistic)
-    return Figures(mape=float(rel.mean() * 100), within_5=float((rel <= 0.05).mean()),
-                   within_10=float((rel <= 0.10).mean()), spearman=rho)
+    return Figures(mape=_round(rel.mean() * 100), within_5=float((rel <= 0.05).mean()),
+                   within_10=float((rel <= 0.10).mean()), spearman=_round(rho))
 
 
 def _log_report(report: Report, device_id: str) -> None:
@@ -199,7 +210,7 @@ def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
         method="ridge",
         intercept_ms=float(c),
         entries={k: float(v) for k, v in zip(keys, x, strict=True)},
-        params={"scale": float(scale), "ridge": float(best), "cv_mape": cv[best] * 100},
+        params={"scale": _round(scale), "ridge": float(best), "cv_mape": _round(cv[best] * 100)},
     )
 
 
@@ -277,6 +288,11 @@ def _metadata(space: SearchSpace, timer: Timer) -> Metadata:
         backend=timer.name, hardware=timer.hardware, batch=timer.batch, dtype=timer.dtype,
         threads=timer.threads, versions=timer.versions(), measured_at=_now(), protocol=timer.protocol(),
     )
+
+
+def _round(value: float) -> float:
+    """Six significant digits: far below the timing noise, and the table files diff readably."""
+    return float(f"{float(value):.6g}")
 
 
 def _now() -> str:

@@ -216,6 +216,10 @@ class LatencyTable:
             )
 
     # -- matching -----------------------------------------------------------------------
+    def check_covers(self, space: SearchSpace) -> None:
+        """Refuse a table lacking keys some arch of `space` needs, before a search prices any arch."""
+        self._raise_missing(space.all_latency_keys(), f"space {space.name}")
+
     def check_matches(self, space: SearchSpace, batch: int | None = None) -> None:
         """Refuse a table measured for another space, space config (resolution, classes, ...) or batch."""
         meta = self.data.metadata

@@ -1,23 +1,24 @@
 """Timers: measure the latency of one module on one backend, the same way every time.
 
-A `Timer` runs a module on a fixed random input of shape (B, C, H, W) with a fixed
-number of threads, in eval mode. Protocol (`_measure`), shared by every backend:
+A `Timer` runs a module in eval mode on a fixed random input of shape (B, C, H, W)
+with a fixed number of threads. Protocol (`_measure`), shared by every backend:
 warm-up calls for `warmup_ms`; one calibration call sets the calls per block so
 that a block lasts about `block_ms`; then `blocks` timed blocks, with the garbage
-collector paused. The speed of a shared or virtual machine drifts by tens of per
-cent within seconds (other tenants, frequency), which no statistic over one
-module's own blocks removes. So CPU timers (`reference=True`) time a fixed
-reference module (`_reference_module`, an MBConv-like block) before and after
-every block and keep the ratio of the block to its neighbouring reference blocks;
-the latency is the median ratio times `reference_ms`, the reference's fastest
-block mean over a calibration run at first use (so latencies read as ms at the
-machine's best observed speed; a table stores `reference_ms`, and re-validation
-reuses it). Without a reference (`cuda`) the latency is the median of the
-per-call block means. `std_ms` is the spread of the blocks on the same scale,
-`count` the number of timed calls. Backends: `cpu` (PyTorch eager, inference
-mode), `onnxruntime` (TorchScript ONNX export, CPU execution provider) and `cuda`
-(CUDA events). Torch and onnxruntime are imported lazily, so `import nas.hardware`
-stays light.
+collector paused. A shared virtual
+machine is noisy in two ways, and CPU timers answer both. Other processes take the
+core away: a single-threaded timer reads the thread's CPU clock, which does not run
+while the thread waits (more threads: the wall clock). The host slows the whole
+machine down by tens of per cent for seconds at a time: every block is sandwiched
+between blocks of a fixed reference module (`_reference_module`, an MBConv-like
+block), and the latency is the median ratio of a block to its two neighbouring
+reference blocks times `reference_ms`, the reference's fastest block over a
+calibration run at first use; latencies thus read as ms at the machine's best
+observed speed, and a table stores `reference_ms` so re-validation reuses it.
+Without a reference (`cuda`, CUDA events) the latency is the median per-call
+block mean. `std_ms` is the spread of the blocks on the same scale and `count` the
+number of timed calls. Backends: `cpu` (PyTorch eager, inference mode),
+`onnxruntime` (TorchScript ONNX export, CPU execution provider) and `cuda`. Torch
+and onnxruntime are imported lazily, so `import nas.hardware` stays light.
 """
 
 from __future__ import annotations
@@ -49,8 +50,7 @@ RunCalls = Callable[[int], float]
 
 _REFERENCE_SHAPE = (16, 16, 16)  # (C, H, W) of the reference module's input
 _CALIBRATION_BLOCKS = 100
-_CALIBRATION_BLOCK_S = 0.002
-_WARM = True
+_CALIBRATION_BLOCK_S = 0.005
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ class Timer(ABC):
         threads: int = 1,
         batch: int = 1,
         *,
-        blocks: int = 11,
+        blocks: int = 21,
         block_ms: float = 5.0,
         warmup_ms: float = 20.0,
         reference: bool | None = None,
@@ -104,6 +104,8 @@ class Timer(ABC):
         self.reference = self.normalizes if reference is None else reference
         self.reference_ms = reference_ms
         self._reference_run: RunCalls | None = None
+        # One thread: its CPU clock, blind to the time the OS gives other processes; else the wall clock.
+        self.clock: Callable[[], float] = _clock.thread_time if threads == 1 else _clock.perf_counter
 
     @property
     @abstractmethod
@@ -219,21 +221,24 @@ def _measure(
         if reference is None:
             return [run(n) / n for _ in range(blocks)], n
         m = _calls_per_block(reference, 0.0, block_s)
-        before = _warm_block(reference, m)
+        before = _reference_block(reference, m)
         ratios = []
         for _ in range(blocks):
-            per_call = _warm_block(run, n)
-            after = _warm_block(reference, m)
+            per_call = run(n) / n
+            after = _reference_block(reference, m)
             ratios.append(2 * per_call / (before + after))
             before = after
         return ratios, n
 
 
-def _warm_block(run: RunCalls, n: int) -> float:
-    """Seconds per call of `n` calls after one untimed call (the switch between modules cools the caches)."""
-    if _WARM:
-        run(1)
-    return run(n) / n
+def _reference_block(reference: RunCalls, m: int) -> float:
+    """Seconds per call of `m` reference calls after one untimed call.
+
+    The untimed call refills the caches the timed module emptied, so the reference reads the
+    same after a large network as after a small unit.
+    """
+    reference(1)
+    return reference(m) / m
 
 
 def _calibrate(reference: RunCalls, warmup_s: float) -> float:
@@ -289,12 +294,14 @@ class _TorchTimer(Timer):
         module = module.to(self.device)
         x = torch.randn(shape, device=self.device)  # (B, C, H, W)
 
+        now = self.clock
+
         def run(n: int) -> float:
             with torch.inference_mode():
-                start = _clock.perf_counter()
+                start = now()
                 for _ in range(n):
                     module(x)
-                return _clock.perf_counter() - start
+                return now() - start
 
         return run
 
@@ -393,11 +400,13 @@ class OnnxRuntimeTimer(Timer):
             session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         feed = {"x": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
+        now = self.clock
+
         def run(n: int) -> float:
-            start = _clock.perf_counter()
+            start = now()
             for _ in range(n):
                 session.run(None, feed)
-            return _clock.perf_counter() - start
+            return now() - start
 
         return run
 

@@ -21,6 +21,7 @@ ceil(H / stride) at any resolution >= 32 instead of starting from 112.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -189,20 +190,36 @@ class ProxylessNASSpace(SearchSpace):
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
         """(child name, latency key) of every timed unit of `arch`, in network order."""
         self._check_own(arch)
+        head, by_choice, tail = self._key_parts
+        named = list(head)
+        for decision, keys in by_choice:
+            unit = keys[arch.choices[decision]]
+            if unit is not None:
+                named.append(unit)
+        return named + tail
+
+    @cached_property
+    def _key_parts(self) -> tuple[list, list[tuple[str, dict]], list]:
+        """Keys precomputed per block and choice, so pricing an arch is a few dict lookups."""
         layout = self._layout
-        named = [("stem", self._stem_key), ("first", layout.first.key(1, 3))]
+        head = [("stem", self._stem_key), ("first", layout.first.key(1, 3))]
+        by_choice = []
         for block in layout.blocks:
-            choice = arch.choices[f"{block.name}.op"]
-            if choice != ZERO:
-                named.append((block.name.replace(".", "_"), block.key(*_OPS[choice])))
-        return [*named, ("feature_mix", self._mix_key), ("head", self._head_key)]
+            child = block.name.replace(".", "_")
+            keys = {op: (child, block.key(*ek)) for op, ek in _OPS.items()}
+            by_choice.append((f"{block.name}.op", {**keys, ZERO: None}))
+        return head, by_choice, [("feature_mix", self._mix_key), ("head", self._head_key)]
 
     def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or canonical_json(dict(arch.config)) != self._config_json:
+        if arch.space != self.name or arch.config != self._config_dump:
             raise UserError(
                 f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
                 f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
             )
+
+    @cached_property
+    def _config_dump(self) -> dict:
+        return json.loads(self._config_json)
 
     @property
     def _stem_key(self) -> str:

@@ -7,9 +7,10 @@ import logging
 import numpy as np
 import pytest
 
-from nas.errors import NasError
+from nas.errors import NasError, UserError
 from nas.hardware.profile import _draw, _log_report, fit_none, fit_ridge, profile, validate
 from nas.hardware.table import Figures, LatencyTable, Report
+from nas.hardware.timers import CpuTimer
 
 REPORT_FIELDS = {"n_archs", "mape", "within_5", "within_10", "spearman", "noise", "naive", "passes",
                  "seed", "measured_at"}
@@ -33,7 +34,7 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
     assert (meta.space, meta.device_id, meta.backend, meta.batch, meta.threads, meta.dtype) == (
         "fake", timer.device_id, "cpu", 1, 1, "fp32")
     assert meta.space_config == {"resolution": 8, "num_classes": 4, "width": 8}
-    assert "torch" in meta.versions and meta.protocol["blocks"] == 3
+    assert "torch" in meta.versions and meta.protocol["blocks"] == 3 and meta.protocol["reference_ms"] > 0
 
     report = loaded.validation.model_dump()
     assert set(report) == REPORT_FIELDS
@@ -52,14 +53,16 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
     assert stages[-1] == ("validate", 8, 8)
 
 
-def test_validate_rewrites_only_the_report(space, timer, profiled):
+def test_validate_rewrites_only_the_report(space, profiled):
     table, path, _ = profiled
     loaded = LatencyTable.load(path, space)
+    timer = CpuTimer(blocks=3, block_ms=1.0, warmup_ms=1.0)
     report = validate(loaded, space, timer, n=3, seed=11)
     assert set(report) == REPORT_FIELDS and report["n_archs"] == 3 and report["seed"] == 11
     again = LatencyTable.load(path)
     assert again.validation.model_dump() == report
     assert again.entries == table.entries and again.correction == table.correction
+    assert timer.reference_ms == table.metadata.protocol["reference_ms"]
 
 
 def test_validation_archs_are_held_out(space):
@@ -68,9 +71,12 @@ def test_validation_archs_are_held_out(space):
     assert len({a.hash for a in fit + held_out}) == 40
 
 
-def test_profile_refuses_a_batch_other_than_the_timers(space, timer, tmp_path):
+def test_profile_refuses_bad_arguments_before_timing(space, timer, tmp_path):
     with pytest.raises(NasError, match="batch 2"):
         profile(space, timer, 2, tmp_path / "t.yaml")
+    with pytest.raises(UserError, match="--n-validate must be at least 2"):
+        profile(space, timer, 1, tmp_path / "t.yaml", n_validate=1)
+    assert not (tmp_path / "t.yaml").exists()
 
 
 def test_fit_ridge_recovers_intercept_and_scale():

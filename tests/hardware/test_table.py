@@ -180,14 +180,21 @@ def test_unknown_timer_lists_known():
         TIMERS.get("tpu")
 
 
-@pytest.mark.parametrize("timer_cls", [CpuTimer, OnnxRuntimeTimer])
-def test_timers_measure(timer_cls):
+@pytest.mark.parametrize(
+    ("timer_cls", "kwargs"),
+    [(CpuTimer, {}), (CpuTimer, {"reference": False, "threads": 2}), (OnnxRuntimeTimer, {})],
+    ids=["cpu", "cpu-plain-t2", "onnxruntime"],
+)
+def test_timers_measure(timer_cls, kwargs):
     threads_before = torch.get_num_threads()
-    timer = timer_cls(threads=1, batch=2, blocks=3, block_ms=1.0, warmup_ms=1.0)
+    timer = timer_cls(**{"threads": 1, "batch": 2, "blocks": 3, "block_ms": 1.0, "warmup_ms": 1.0, **kwargs})
     module = torch.nn.Conv2d(4, 4, 3, padding=1).train()
     timing = timer.time(module, (4, 8, 8))
     assert timing.mean_ms > 0 and timing.std_ms >= 0 and timing.count >= 3
     assert module.training and torch.get_num_threads() == threads_before
-    assert timer.device_id.endswith("-t1-fp32-b2") and timer.device_id == timer.device_id.lower()
+    assert timer.device_id.endswith(f"-t{timer.threads}-fp32-b2") and timer.device_id == timer.device_id.lower()
     assert Path(timer.device_id).name == timer.device_id
     assert "torch" in timer.versions()
+    protocol = timer.protocol()
+    assert protocol["blocks"] == 3 and protocol["reference"] is timer.reference
+    assert (protocol.get("reference_ms", 0) > 0) is timer.reference
