@@ -133,13 +133,13 @@ def search(
     resolution: Annotated[int | None, Opt(help="Input resolution. [default: space YAML]")] = None,
     classes: Annotated[int | None, Opt(help="Number of classes. [default: space YAML]")] = None,
     width_mult: Annotated[float | None, Opt(help="Width multiplier. [default: space YAML]")] = None,
-    population_size: Annotated[int | None, Opt(help="Evolution population. [default: strategies/evolution.yaml]")] = None,
+    population_size: Annotated[int | None, Opt(help="Evolution population. [default: evolution.yaml]")] = None,
     sample_size: Annotated[int | None, Opt(help="Evolution tournament size.")] = None,
     archs_per_trial: Annotated[int | None, Opt(help="Archs scored by one Ray Tune trial.")] = None,
     cpus_per_trial: Annotated[float | None, Opt(help="CPUs reserved per trial. [default: 1]")] = None,
     config: Annotated[Path | None, Opt(help="Run-config YAML; flags override its keys.")] = None,
     run_dir: Annotated[Path | None, Opt(help="Run directory; re-running the same command resumes.")] = None,
-    address: Annotated[str | None, Opt(help="Ray cluster to join (auto, host:port). [default: start a local one]")] = None,
+    address: Annotated[str | None, Opt(help="Ray cluster to join (auto, host:port). [default: a local one]")] = None,
     num_cpus: Annotated[int | None, Opt(help="CPUs of the local Ray cluster. [default: all]")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the best archs as JSON.")] = False,
 ) -> None:
@@ -320,8 +320,20 @@ def _pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str |
 
 def main() -> None:
     """Console entry point: run the app, turning errors into exit statuses 2 and 1."""
+    from typer.exceptions import TyperException
+
     try:
-        app()
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        sys.exit(1)
+    except TyperException as err:  # typer's click: usage errors (bad flag or value), exit 2
+        ctx = getattr(err, "ctx", None)
+        if type(err).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help(), err=True)
+        else:
+            where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
+            typer.echo(f"error: {err.format_message()}{where}", err=True)
+        sys.exit(getattr(err, "exit_code", 2))
     except UserError as err:
         if _state["debug"]:
             raise
@@ -332,6 +344,7 @@ def main() -> None:
             raise
         typer.echo(f"failed: {err}", err=True)
         sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

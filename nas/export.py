@@ -235,7 +235,7 @@ def _writable_dir(out: Path) -> Path:
         out.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=out, prefix=".probe-", suffix=".tmp")
     except OSError as err:
-        raise UserError(f"--out-dir {out}: cannot write there ({err.strerror or err}); "
+        raise UserError(f"--out {out}: cannot write there ({err.strerror or err}); "
                         "choose a writable directory") from None
     os.close(fd)
     os.unlink(probe)

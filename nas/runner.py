@@ -42,7 +42,7 @@ def encode(space: SearchSpace, arch: Arch) -> list[int]:
 
 def decode(space: SearchSpace, indices: list[int]) -> Arch:
     """Inverse of `encode`."""
-    return space.make_arch({d.name: d.choices[i] for d, i in zip(space.decisions(), indices)})
+    return space.make_arch({d.name: d.choices[i] for d, i in zip(space.decisions(), indices, strict=True)})
 
 
 _EVALUATORS: dict[str, Any] = {}
@@ -130,7 +130,7 @@ class Search:
         self.run_dir.append_trials(new)
         self.records.extend(new)
         self.in_flight -= len(archs)
-        for arch, entry in zip(archs, new):
+        for arch, entry in zip(archs, new, strict=True):
             self.strategy.tell(arch, entry["metrics"])
         self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
         if self.progress:

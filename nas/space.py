@@ -15,6 +15,7 @@ from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
+
 from nas.arch import Arch, Choice, canonical_json
 from nas.config import SPACES_DIR, Frozen, PresetSpec, SpaceFile, load_yaml, parse
 from nas.errors import UserError
@@ -146,7 +147,7 @@ class SearchSpace(ABC):
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover: each decision from `a` or `b` with equal chance."""
         pick = rng.random(len(self._decisions)) < 0.5
-        return self.make_arch({n: (a if p else b).choices[n] for n, p in zip(self._decisions, pick)})
+        return self.make_arch({n: (a if p else b).choices[n] for n, p in zip(self._decisions, pick, strict=True)})
 
     # -- presets --------------------------------------------------------------------
     def preset_names(self) -> list[str]:

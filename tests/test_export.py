@@ -71,7 +71,7 @@ def test_unknown_format_writes_nothing(arch: Arch, tmp_path: Path) -> None:
 def test_unwritable_out_dir_is_user_error(arch: Arch, tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("")
-    with pytest.raises(UserError, match=f"--out-dir {blocker / 'out'}: cannot write there"):
+    with pytest.raises(UserError, match=f"--out {blocker / 'out'}: cannot write there"):
         export(arch, ["json"], blocker / "out")
     assert [p.name for p in tmp_path.iterdir()] == ["file"]
 

@@ -68,7 +68,7 @@ def load_dataset(
         val_fraction: share of each digits class held out for validation.
     """
     if name not in DATASETS:
-        raise UserError(f"--dataset: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
+        raise UserError(f"--data: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
         raise UserError(f"--resolution: must be a positive integer, got {resolution!r}")
     if name == "digits":
