@@ -14,7 +14,6 @@ temp file in the same directory and `os.replace`d, so a table is never half-writ
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,18 +137,11 @@ class LatencyTable:
 
     def save(self, path: str | Path) -> None:
         """Write the table atomically (temp file in the same directory, then `os.replace`)."""
+        from nas.run_dir import write_atomic
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as stream:
-                yaml.safe_dump(self.data.model_dump(), stream, sort_keys=True)
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(path, yaml.safe_dump(self.data.model_dump(), sort_keys=True))
         self.source = str(path)
 
     def replace(self, **fields: Any) -> LatencyTable:

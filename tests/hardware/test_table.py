@@ -72,11 +72,12 @@ def test_failed_write_keeps_old_file(space, tmp_path, monkeypatch):
     make_table(space).save(path)
     before = path.read_bytes()
 
-    def broken_dump(data, stream, **kwargs):
-        stream.write("metadata:\n  space: fa")
+    import nas.run_dir
+
+    def broken_fsync(fd):  # the new text is in the temp file, not yet renamed over the table
         raise OSError("disk full")
 
-    monkeypatch.setattr(table_module.yaml, "safe_dump", broken_dump)
+    monkeypatch.setattr(nas.run_dir.os, "fsync", broken_fsync)
     with pytest.raises(OSError, match="disk full"):
         make_table(space, batch=4).save(path)
     assert path.read_bytes() == before
