@@ -116,22 +116,22 @@ class Search:
         return archs
 
     def record(self, archs: list[Arch], result: dict[str, Any]) -> None:
-        """Append the finished archs to the log, tell the strategy, save its state."""
+        """Tell the strategy, append the finished archs to the log, save the strategy state.
+
+        Telling first is safe: the state file is replaced only after the log has the lines,
+        so a crash in between restores the archs as in flight and runs them again.
+        """
         now = datetime.now(UTC).isoformat(timespec="seconds")
         new = []
         for arch, metrics in zip(archs, result["results"], strict=True):
             new.append({
                 "trial": len(self.records) + len(new), "arch": arch.to_dict(), "hash": arch.hash,
-                "metrics": metrics, "score": None, "node": result["node"], "host": result["host"],
-                "pid": result["pid"], "finished_at": now,
+                "metrics": metrics, "score": self.strategy.tell(arch, metrics), "node": result["node"],
+                "host": result["host"], "pid": result["pid"], "finished_at": now,
             })
-        for entry in new:
-            entry["score"] = _score(self.objective, entry["metrics"])
         self.run_dir.append_trials(new)
         self.records.extend(new)
         self.in_flight -= len(archs)
-        for arch, entry in zip(archs, new, strict=True):
-            self.strategy.tell(arch, entry["metrics"])
         self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
         if self.progress:
             self.progress(len(self.records), self.config.trials, max(self.records, key=lambda r: r["score"]))
@@ -140,12 +140,6 @@ class Search:
     def is_done(self) -> bool:
         """Whether every arch of the budget has a trial line."""
         return len(self.records) >= self.config.trials
-
-
-def _score(objective: Objective, metrics: dict[str, Any]) -> float:
-    from nas.strategies.base import score
-
-    return score(objective, metrics)
 
 
 def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> str | None:
