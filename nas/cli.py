@@ -189,13 +189,14 @@ def _progress_reporter(total: int) -> Any:
 @app.command()
 def profile(
     space: Annotated[str, Opt(help="Space to profile (see `nas spaces`).")] = "proxylessnas",
-    device: Annotated[str, Opt(help="cpu | onnxruntime | cuda.")] = "cpu",
+    device: Annotated[str, Opt(help="cpu | onnxruntime | onnxruntime_cuda | cuda.")] = "cpu",
     batch: Annotated[int, Opt(help="Batch size.")] = 1,
+    dtype: Annotated[str, Opt(help="fp32 | fp16 | bf16 (fp16 and bf16 on cuda only).")] = "fp32",
     threads: Annotated[int, Opt(help="Intra-op threads (fixed and recorded).")] = 1,
     resolution: Annotated[int | None, Opt(help="Input resolution. [default: space YAML]")] = None,
     classes: Annotated[int | None, Opt(help="Number of classes. [default: space YAML]")] = None,
     width_mult: Annotated[float | None, Opt(help="Width multiplier. [default: space YAML]")] = None,
-    n_validate: Annotated[int, Opt(help="Held-out random archs timed end to end.")] = 50,
+    n_validate: Annotated[int, Opt(help="Held-out random archs timed end to end.")] = 100,
     seed: Annotated[int, Opt(help="Seed of the fit and validation archs.")] = 0,
     validate: Annotated[bool, Opt("--validate", help="Only re-run the validation of the existing table.")] = False,
     out: Annotated[Path | None, Opt(help="Table file. [default: hardware_profiles/<device-id>/<space>-r<R>.yaml]")]
@@ -217,7 +218,7 @@ def profile(
     overrides = {k: v for k, v in {"resolution": resolution, "num_classes": classes,
                                    "width_mult": width_mult}.items() if v is not None}
     space_obj = load_space(space, overrides)
-    timer = TIMERS.get(device)(threads=threads, batch=batch)
+    timer = TIMERS.get(device)(threads=threads, batch=batch, dtype=dtype)
     path = out or table_path(timer.device_id, space_obj)
     with _stage_reporter() as progress:
         if validate:

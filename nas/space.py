@@ -9,7 +9,7 @@ latency key of every timed unit of an arch, so a latency table can price it.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -39,6 +39,22 @@ class Unit:
 
     module: nn.Module
     input_shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class LatencyTerm:
+    """Timed units that depend on a few decisions only: `keys(choices)` for the choices of `decisions`.
+
+    A space's terms together give every arch's latency keys: the multiset union of
+    `keys(tuple(arch.choices[d] for d in decisions))` over its terms equals `latency_keys(arch)`.
+    Fixed parts (stem, head) are a term with no decisions (`keys(())`). An expected latency
+    under independent choice probabilities is then a sum over terms of small products, which
+    `LatencyTable.expected_latency` evaluates exactly (it enumerates each term's choices, so
+    keep a term's decisions few).
+    """
+
+    decisions: tuple[str, ...]
+    keys: Callable[[tuple[Choice, ...]], tuple[str, ...]]
 
 
 class SpaceConfig(Frozen):
@@ -84,6 +100,10 @@ class SearchSpace(ABC):
     @abstractmethod
     def unit(self, key: str) -> Unit:
         """The module and input shape that `key` times."""
+
+    @abstractmethod
+    def latency_terms(self) -> list[LatencyTerm]:
+        """The latency keys as terms over few decisions each (see `LatencyTerm`), in network order."""
 
     def unit_cost(self, key: str) -> tuple[int, int]:
         """(params, MACs) of the unit `key`, counted once from its built module and cached."""
@@ -203,4 +223,4 @@ def find_preset(name: str) -> Arch:
     raise UserError(f"unknown preset {name!r}; known: {', '.join(known)}")
 
 
-__all__ = ["Decision", "SearchSpace", "SpaceConfig", "Unit", "find_preset", "load_space", "space_of"]
+__all__ = ["Decision", "LatencyTerm", "SearchSpace", "SpaceConfig", "Unit", "find_preset", "load_space", "space_of"]

@@ -225,6 +225,31 @@ def test_cuda_device_without_a_gpu() -> None:
     assert not Path("t.yaml").exists()
 
 
+@pytest.mark.parametrize(("args", "needles"), [
+    (["--dtype", "fp16"], ["--dtype", "fp16", "device 'cpu'", "fp32"]),
+    (["--dtype", "int3", "--device", "onnxruntime"], ["--dtype", "int3", "fp32"]),
+    (["--device", "onnxruntime_cuda"], ["onnxruntime_cuda", "CUDAExecutionProvider", "cpu, onnxruntime"]),
+])
+def test_profile_refuses_what_this_machine_cannot_time(args: list[str], needles: list[str]) -> None:
+    assert_user_error(run_cli("profile", *args, "--out", "t.yaml"), *needles)
+    assert not Path("t.yaml").exists()
+
+
+@pytest.mark.parametrize("kind", ["truncated", "other_space", "other_batch"])
+def test_profile_validate_refuses_a_bad_table_and_leaves_it_alone(
+    kind: str, table: Path, table_data: dict
+) -> None:
+    table.write_bytes(_bad_table(kind, table_data, table.read_bytes()))
+    before = _snapshot(table)
+    assert_user_error(run_cli("profile", "--validate", "--out", table, "--n-validate", "3"), table)
+    assert _snapshot(table) == before
+
+
+def test_search_names_an_unknown_device_id(tmp_path: Path) -> None:
+    assert_user_error(run_cli("search", "--evaluator", "lut", "--hardware", "no-such-device", "--run-dir",
+                              tmp_path / "run"), "no-such-device", "amd-epyc-torch-t1-fp32-b1", "nas profile")
+
+
 @pytest.mark.parametrize(("flag", "value"), [("--batch", "0"), ("--batch", "-2"), ("--threads", "0")])
 def test_profile_refuses_non_positive_sizes(flag: str, value: str) -> None:
     assert_user_error(run_cli("profile", flag, value, "--out", "t.yaml"), flag, "positive", value)

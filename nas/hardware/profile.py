@@ -23,7 +23,9 @@ timings; the noise figure is the median relative difference between those two.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,14 +58,18 @@ def profile(
     timer: Timer,
     batch: int | None,
     out_path: str | Path,
-    n_validate: int = 50,
+    n_validate: int = 100,
     seed: int = 0,
     progress: Progress | None = None,
     *,
-    n_fit: int = 60,
+    n_fit: int = 80,
     correct: CorrectionFn | None = None,
 ) -> LatencyTable:
     """Measure the latency table of `space` with `timer`, fit, validate and write it atomically.
+
+    The fit archs and the first timing of the validation archs are interleaved, so a slow
+    drift of the machine touches both sets alike; the second timing of the validation archs
+    follows in reverse order.
 
     Args:
         batch: must equal the timer's batch (None takes it), which its device id names.
@@ -73,6 +79,7 @@ def profile(
     if batch is not None and batch != timer.batch:
         raise NasError(f"profile at batch {batch} with a timer built for batch {timer.batch}")
     _check_n_validate(n_validate)
+    started = time.perf_counter()
     keys = space.all_latency_keys()
     entries = {}
     for i, key in enumerate(keys):
@@ -83,10 +90,12 @@ def profile(
     log.info("timed %d units of %s on %s", len(keys), space.name, timer.device_id)
     table = LatencyTable(TableFile(metadata=_metadata(space, timer), entries=entries))
 
-    if n_fit > 0:
-        fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set())
-        fit_ms = _time_archs(space, timer, fit_archs, progress, "fit")
-        rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, fit_ms, strict=True)]
+    fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set()) if n_fit > 0 else []
+    archs = _draw(space, np.random.default_rng([seed, 1]), n_validate, {a.hash for a in fit_archs})
+    both = [a for pair in itertools.zip_longest(fit_archs, archs) for a in pair if a is not None]
+    timed = dict(zip((a.hash for a in both), _time_archs(space, timer, both, progress, "archs"), strict=True))
+    if fit_archs:
+        rows = [(space.latency_keys(a), timed[a.hash]) for a in fit_archs]
         fitted = (correct or fit_ridge)({k: e.mean for k, e in entries.items()}, rows)
         fitted = fitted.model_copy(update={
             "intercept_ms": _round(fitted.intercept_ms),
@@ -94,8 +103,9 @@ def profile(
             "params": {**fitted.params, "seed": seed, "n_fit": n_fit},
         })
         table = table.replace(correction=fitted)
-    report = _validation(table, space, timer, n_validate, seed, progress)
-    table = table.replace(validation=report)
+    first = np.array([timed[a.hash] for a in archs])
+    report = _validation(table, space, timer, archs, seed, progress, first)
+    table = table.replace(validation=report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)}))
     table.save(out_path)
     return table
 
@@ -104,7 +114,7 @@ def validate(
     table: LatencyTable,
     space: SearchSpace,
     timer: Timer,
-    n: int = 50,
+    n: int = 100,
     seed: int | None = None,
     progress: Progress | None = None,
     out_path: str | Path | None = None,
@@ -123,27 +133,31 @@ def validate(
     if timer.device_id != table.metadata.device_id:
         raise UserError(f"{table.source}: table was measured on {table.metadata.device_id}, this timer is "
                         f"{timer.device_id}; validate on the device it was measured on")
+    params = table.correction.params if table.correction else {}
     if seed is None:
-        seed = table.correction.params.get("seed", 0) if table.correction else 0
+        seed = params.get("seed", 0)
     if timer.reference and "reference_ms" in table.metadata.protocol:
         timer.reference_ms = table.metadata.protocol["reference_ms"]  # the table's scale, not a new one
-    report = _validation(table, space, timer, n, seed, progress)
+    started = time.perf_counter()
+    fit_hashes = set()
+    if params.get("n_fit"):
+        fit_hashes = {a.hash for a in _draw(space, np.random.default_rng([params["seed"], 0]), params["n_fit"], set())}
+    archs = _draw(space, np.random.default_rng([seed, 1]), n, fit_hashes)
+    report = _validation(table, space, timer, archs, seed, progress)
+    report = report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)})
     table.replace(validation=report).save(target)
     return report.model_dump()
 
 
 def _validation(
-    table: LatencyTable, space: SearchSpace, timer: Timer, n: int, seed: int, progress: Progress | None
+    table: LatencyTable, space: SearchSpace, timer: Timer, archs: list[Arch], seed: int,
+    progress: Progress | None, first: np.ndarray | None = None,
 ) -> Report:
-    """Time `n` held-out archs twice and compare with the table's corrected and naive predictions."""
-    params = table.correction.params if table.correction else {}
-    fit_hashes = set()
-    if params.get("n_fit"):
-        fit_rng = np.random.default_rng([params["seed"], 0])
-        fit_hashes = {a.hash for a in _draw(space, fit_rng, params["n_fit"], set())}
-    archs = _draw(space, np.random.default_rng([seed, 1]), n, fit_hashes)
-    first = _time_archs(space, timer, archs, progress, "validate", total=2 * n)
-    second = _time_archs(space, timer, archs[::-1], progress, "validate", start=n, total=2 * n)[::-1]
+    """Time held-out `archs` (again, when a `first` timing is given) and score the corrected and naive tables."""
+    n = len(archs)
+    if first is None:
+        first = _time_archs(space, timer, archs, progress, "validate")
+    second = _time_archs(space, timer, archs[::-1], progress, "validate again")[::-1]
     measured = (first + second) / 2
     keys = [space.latency_keys(a) for a in archs]
     corrected = np.array([table.predict_keys(k) for k in keys])
@@ -157,6 +171,7 @@ def _validation(
         passes=figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
         seed=seed,
         measured_at=_now(),
+        points=[(_round(m), _round(c), _round(v)) for m, c, v in zip(measured, corrected, naive, strict=True)],
     )
     _log_report(report, table.metadata.device_id)
     return report
@@ -270,15 +285,14 @@ def _draw(space: SearchSpace, rng: np.random.Generator, n: int, exclude: set[str
 
 
 def _time_archs(
-    space: SearchSpace, timer: Timer, archs: Sequence[Arch], progress: Progress | None, stage: str,
-    start: int = 0, total: int | None = None,
+    space: SearchSpace, timer: Timer, archs: Sequence[Arch], progress: Progress | None, stage: str
 ) -> np.ndarray:
     """End-to-end latency (ms) of each arch's built network."""
     shape = (3, space.config.resolution, space.config.resolution)
     times = []
     for i, arch in enumerate(archs):
-        times.append(timer.time(space.build(arch), shape).mean_ms)
-        _tick(progress, stage, start + i + 1, total or len(archs))
+        times.append(timer.time(space.build(arch), shape, key=arch.hash).mean_ms)
+        _tick(progress, stage, i + 1, len(archs))
     return np.array(times)
 
 

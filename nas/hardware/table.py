@@ -25,6 +25,9 @@ from nas.config import PROFILES_DIR, Frozen, load_yaml, parse
 from nas.errors import UserError
 
 if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
     from nas.arch import Arch
     from nas.space import SearchSpace
 
@@ -72,7 +75,10 @@ class Figures(Frozen):
 
 
 class Report(Figures):
-    """Validation on held-out archs: corrected figures, naive (plain sum) figures and the noise floor."""
+    """Validation on held-out archs: corrected figures, naive (plain sum) figures and the noise floor.
+
+    `points` holds one [measured, predicted, naive] triple (ms) per held-out arch, for plots.
+    """
 
     n_archs: int
     noise: float
@@ -80,6 +86,8 @@ class Report(Figures):
     passes: bool
     seed: int
     measured_at: str
+    seconds: float | None = None
+    points: list[tuple[float, float, float]] = Field(default_factory=list)
 
 
 class TableFile(Frozen):
@@ -108,6 +116,7 @@ class LatencyTable:
         self.data = data
         self.source = source
         self._space: SearchSpace | None = None
+        self._costs_cache: dict[int, list[np.ndarray]] = {}
         if data.correction is None:
             self._values = {k: e.mean for k, e in data.entries.items()}
             self._intercept = 0.0
@@ -188,6 +197,58 @@ class LatencyTable:
             self._raise_missing(list(keys), what)
             raise
 
+    def expected_latency(self, probs: Mapping[str, torch.Tensor], space: SearchSpace | None = None) -> torch.Tensor:
+        """Expected latency (ms) of an arch whose decisions are drawn independently from `probs`.
+
+        A differentiable torch expression for one-shot methods: the intercept plus, for every
+        latency term of the space (`SearchSpace.latency_terms`), the cost of each combination of
+        the term's choices weighted by the product of their probabilities. Exact under
+        independent decisions; with one-hot `probs` it equals `predict` of that arch.
+
+        Args:
+            probs: decision name -> probabilities over its choices (in the decision's order),
+                one 1-D tensor each; decisions that no latency term reads may be left out.
+            space: the space of the table (the bound one, or loaded by name, by default).
+        """
+        import torch
+
+        if space is None:
+            space = self._space or _load_table_space(self.data.metadata)
+        elif space is not self._space:
+            self.check_matches(space)
+        decisions = {d.name: d for d in space.decisions()}
+        total = None
+        for term, cost in zip(space.latency_terms(), self._term_costs(space), strict=True):
+            value = torch.as_tensor(cost)
+            for name in reversed(term.decisions):  # contract the last axis with its probabilities
+                p = probs.get(name)
+                allowed = len(decisions[name].choices)
+                if p is None or p.dim() != 1 or p.shape[0] != allowed:
+                    got = "nothing" if p is None else f"shape {tuple(p.shape)}"
+                    raise UserError(f"expected latency: decision {name!r} needs a 1-D tensor of {allowed} "
+                                    f"probabilities ({', '.join(map(str, decisions[name].choices))}); got {got}")
+                value = value.to(p.dtype) @ p
+            total = value if total is None else total + value
+        return total + self._intercept
+
+    def _term_costs(self, space: SearchSpace) -> list[np.ndarray]:
+        """Per term, the cost (ms) of every combination of its decisions' choices, cached per space."""
+        import numpy as np
+
+        cached = self._costs_cache.get(id(space))
+        if cached is None:
+            choices = {d.name: d.choices for d in space.decisions()}
+            cached = []
+            for term in space.latency_terms():
+                axes = [choices[name] for name in term.decisions]
+                cost = np.zeros([len(a) for a in axes])
+                for index in np.ndindex(*cost.shape):
+                    keys = term.keys(tuple(axis[i] for axis, i in zip(axes, index, strict=True)))
+                    cost[index] = self.predict_keys(keys, what=f"latency term {term.decisions}") - self._intercept
+                cached.append(cost)
+            self._costs_cache[id(space)] = cached
+        return cached
+
     def predict_naive(self, keys: Iterable[str]) -> float:
         """Plain sum of the isolated timings of `keys` (no correction)."""
         entries = self.data.entries
@@ -226,6 +287,12 @@ class LatencyTable:
             raise UserError(f"{self.source}: table was measured at another {space.name} config: {shown}; {fix}")
         if batch is not None and batch != meta.batch:
             raise UserError(f"{self.source}: table was measured at batch {meta.batch}, not {batch}; {fix}")
+
+
+def _load_table_space(meta: Metadata) -> SearchSpace:
+    from nas.space import load_space
+
+    return load_space(meta.space, meta.space_config)
 
 
 def profile_command(space: str, backend: str, batch: int, threads: int) -> str:

@@ -43,6 +43,7 @@ from nas.errors import UserError
 from nas.registry import TIMERS
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
 RunCalls = Callable[[int], float]
@@ -51,6 +52,8 @@ RunCalls = Callable[[int], float]
 _REFERENCE_SHAPE = (16, 16, 16)  # (C, H, W) of the reference module's input
 _CALIBRATION_BLOCKS = 100
 _CALIBRATION_BLOCK_S = 0.005
+_MIN_BLOCKS = 7
+_TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
 @dataclass(frozen=True)
@@ -68,16 +71,19 @@ class Timer(ABC):
     Args:
         threads: intra-op threads of the backend (`--threads`), fixed while timing.
         batch: batch size of the timed input (`--batch`).
+        dtype: number format of weights and input (`--dtype`), one of the class's `dtypes`.
         blocks: number of timed blocks.
         block_ms: target duration of one block.
         warmup_ms: warm-up time before calibration.
+        budget_ms: timed calls of a module slower than `block_ms` stop after about this long
+            (at least `_MIN_BLOCKS` blocks), so whole networks at 224x224 take seconds, not minutes.
         reference: time relative to the reference module (default: the class's `normalizes`).
         reference_ms: latency the reference stands for; calibrated at first use when None.
     """
 
     name: ClassVar[str]
     engine: ClassVar[str]
-    dtype: ClassVar[str] = "fp32"
+    dtypes: ClassVar[tuple[str, ...]] = ("fp32",)
     normalizes: ClassVar[bool] = True
 
     def __init__(
@@ -85,22 +91,29 @@ class Timer(ABC):
         threads: int = 1,
         batch: int = 1,
         *,
+        dtype: str = "fp32",
         blocks: int = 21,
         block_ms: float = 5.0,
         warmup_ms: float = 20.0,
+        budget_ms: float = 400.0,
         reference: bool | None = None,
         reference_ms: float | None = None,
     ) -> None:
         _check_positive("--threads", threads)
         _check_positive("--batch", batch)
-        if blocks < 1 or block_ms <= 0 or warmup_ms < 0:
-            raise UserError(f"timer protocol: blocks >= 1, block_ms > 0, warmup_ms >= 0; got "
-                            f"{blocks}, {block_ms}, {warmup_ms}")
+        if dtype not in self.dtypes:
+            raise UserError(f"--dtype {dtype!r} is not supported by device {self.name!r}; allowed: "
+                            f"{', '.join(self.dtypes)}")
+        if blocks < 1 or block_ms <= 0 or warmup_ms < 0 or budget_ms <= 0:
+            raise UserError(f"timer protocol: blocks >= 1, block_ms > 0, warmup_ms >= 0, budget_ms > 0; got "
+                            f"{blocks}, {block_ms}, {warmup_ms}, {budget_ms}")
         self.threads = threads
         self.batch = batch
+        self.dtype = dtype
         self.blocks = blocks
         self.block_ms = block_ms
         self.warmup_ms = warmup_ms
+        self.budget_ms = budget_ms
         self.reference = self.normalizes if reference is None else reference
         self.reference_ms = reference_ms
         self._reference_run: RunCalls | None = None
@@ -113,7 +126,7 @@ class Timer(ABC):
         """The hardware model, e.g. `AMD EPYC` or `NVIDIA H100 80GB HBM3`."""
 
     @abstractmethod
-    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...], key: str | None = None) -> RunCalls:
         """The runner of `module` (in eval mode) on a random input of `shape` (batch included)."""
 
     def versions(self) -> dict[str, str]:
@@ -129,8 +142,8 @@ class Timer(ABC):
 
     def protocol(self) -> dict[str, Any]:
         """The measurement protocol, stored with every table (calibrates the reference if needed)."""
-        protocol: dict[str, Any] = {"blocks": self.blocks, "block_ms": self.block_ms,
-                                    "warmup_ms": self.warmup_ms, "reference": self.reference}
+        protocol: dict[str, Any] = {"blocks": self.blocks, "block_ms": self.block_ms, "warmup_ms": self.warmup_ms,
+                                    "budget_ms": self.budget_ms, "reference": self.reference}
         if self.reference:
             with self._pinned():
                 self._reference()
@@ -140,20 +153,24 @@ class Timer(ABC):
             protocol["statistic"] = "median of per-call block means"
         return protocol
 
-    def time(self, module: nn.Module, input_shape: tuple[int, ...], batch: int | None = None) -> Timing:
+    def time(
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int | None = None, key: str | None = None
+    ) -> Timing:
         """Latency of one forward pass of `module` on a random input of shape (batch, *input_shape).
 
-        `batch` defaults to the timer's own; the device id describes only that one.
+        `batch` defaults to the timer's own; the device id describes only that one. `key` names
+        the module for backends that convert it (onnxruntime), so timing it again skips the export.
         """
         batch = self.batch if batch is None else batch
         _check_positive("--batch", batch)
         with self._pinned(), _eval_mode(module):
-            run = self._prepare(module, (batch, *input_shape))
+            run = self._prepare(module, (batch, *input_shape), key)
             reference = self._reference() if self.reference else None
-            values, calls = _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks, reference)
+            values, calls = _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks, reference,
+                                     self.budget_ms / 1e3)
         scale = (self.reference_ms if reference is not None else 1e3)
         std = statistics.stdev(values) if len(values) > 1 else 0.0
-        return Timing(mean_ms=statistics.median(values) * scale, std_ms=std * scale, count=calls * self.blocks)
+        return Timing(mean_ms=statistics.median(values) * scale, std_ms=std * scale, count=calls * len(values))
 
     @contextmanager
     def _pinned(self) -> Iterator[None]:
@@ -203,24 +220,34 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _calls_per_block(run: RunCalls, warmup_s: float, block_s: float) -> int:
-    """Warm `run` up for `warmup_s` (two calls at least), then size a block to last about `block_s`."""
+def _calls_per_block(run: RunCalls, warmup_s: float, block_s: float) -> tuple[int, float]:
+    """Warm `run` up for `warmup_s` (two calls at least), then size a block to last about `block_s`.
+
+    Returns the calls per block and the seconds of one call.
+    """
     spent, calls = 0.0, 0
     while calls < 2 or spent < warmup_s:
         spent += run(1)
         calls += 1
-    return max(1, math.ceil(block_s / max(run(1), 1e-7)))
+    per_call = max(run(1), 1e-7)
+    return max(1, math.ceil(block_s / per_call)), per_call
 
 
 def _measure(
-    run: RunCalls, warmup_s: float, block_s: float, blocks: int, reference: RunCalls | None
+    run: RunCalls, warmup_s: float, block_s: float, blocks: int, reference: RunCalls | None, budget_s: float
 ) -> tuple[list[float], int]:
-    """Per-block seconds per call of `run` (or ratios to the adjacent reference blocks) and calls per block."""
+    """Per-block seconds per call of `run` (or ratios to the adjacent reference blocks) and calls per block.
+
+    A module slower than a block gets one call per block and as many blocks as fit in
+    `budget_s` (between `_MIN_BLOCKS` and `blocks`).
+    """
     with _gc_paused():
-        n = _calls_per_block(run, warmup_s, block_s)
+        n, per_call = _calls_per_block(run, warmup_s, block_s)
+        if n == 1:
+            blocks = max(min(blocks, _MIN_BLOCKS), min(blocks, int(budget_s / per_call)))
         if reference is None:
             return [run(n) / n for _ in range(blocks)], n
-        m = _calls_per_block(reference, 0.0, block_s)
+        m = _calls_per_block(reference, 0.0, block_s)[0]
         before = _reference_block(reference, m)
         ratios = []
         for _ in range(blocks):
@@ -244,7 +271,7 @@ def _reference_block(reference: RunCalls, m: int) -> float:
 def _calibrate(reference: RunCalls, warmup_s: float) -> float:
     """Fastest per-call block mean (seconds) of the reference over a short calibration run."""
     with _gc_paused():
-        m = _calls_per_block(reference, warmup_s, _CALIBRATION_BLOCK_S)
+        m = _calls_per_block(reference, warmup_s, _CALIBRATION_BLOCK_S)[0]
         return min(reference(m) / m for _ in range(_CALIBRATION_BLOCKS))
 
 
@@ -288,12 +315,17 @@ class _TorchTimer(Timer):
 
     device: ClassVar[str]
 
-    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
+    def _placed(self, module: nn.Module, shape: tuple[int, ...]) -> tuple[nn.Module, torch.Tensor]:
+        """`module` and a random input of `shape` (B, C, H, W) on the device, in the timer's dtype."""
         import torch
 
-        module = module.to(self.device)
-        x = torch.randn(shape, device=self.device)  # (B, C, H, W)
+        dtype = getattr(torch, _TORCH_DTYPES[self.dtype])
+        return module.to(self.device, dtype), torch.randn(shape, device=self.device, dtype=dtype)
 
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...], key: str | None = None) -> RunCalls:
+        import torch
+
+        module, x = self._placed(module, shape)
         now = self.clock
 
         def run(n: int) -> float:
@@ -326,13 +358,14 @@ class CudaTimer(_TorchTimer):
     name = "cuda"
     engine = "torch"
     device = "cuda"
+    dtypes = ("fp32", "fp16", "bf16")
     normalizes = False
 
     def __init__(self, threads: int = 1, batch: int = 1, **protocol: Any) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError("device 'cuda': no CUDA GPU on this machine; allowed here: cpu, onnxruntime")
+            raise UserError("--device cuda: no CUDA GPU on this machine; allowed here: cpu, onnxruntime")
         super().__init__(threads, batch, **protocol)
 
     @property
@@ -347,11 +380,10 @@ class CudaTimer(_TorchTimer):
         return {**super().versions(), "cuda": str(torch.version.cuda),
                 "cudnn": str(torch.backends.cudnn.version())}
 
-    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...], key: str | None = None) -> RunCalls:
         import torch
 
-        module = module.to(self.device)
-        x = torch.randn(shape, device=self.device)  # (B, C, H, W)
+        module, x = self._placed(module, shape)
 
         def run(n: int) -> float:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -372,6 +404,16 @@ class OnnxRuntimeTimer(Timer):
 
     name = "onnxruntime"
     engine = "onnxruntime"
+    provider: ClassVar[str] = "CPUExecutionProvider"
+
+    def __init__(self, threads: int = 1, batch: int = 1, **protocol: Any) -> None:
+        import onnxruntime as ort
+
+        if self.provider not in ort.get_available_providers():
+            raise UserError(f"--device {self.name}: onnxruntime here lacks {self.provider} (it has "
+                            f"{', '.join(ort.get_available_providers())}); allowed here: cpu, onnxruntime")
+        super().__init__(threads, batch, **protocol)
+        self._exports: tempfile.TemporaryDirectory | None = None  # ONNX files by module key, removed with the timer
 
     @property
     def hardware(self) -> str:
@@ -383,21 +425,14 @@ class OnnxRuntimeTimer(Timer):
 
         return {**super().versions(), "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
 
-    def _prepare(self, module: nn.Module, shape: tuple[int, ...]) -> RunCalls:
+    def _prepare(self, module: nn.Module, shape: tuple[int, ...], key: str | None = None) -> RunCalls:
         import numpy as np
         import onnxruntime as ort
-        import torch
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
-        with tempfile.TemporaryDirectory(prefix="nas-onnx-") as tmp:
-            path = str(Path(tmp) / "unit.onnx")
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore", DeprecationWarning)
-                torch.onnx.export(module, (torch.zeros(shape),), path, dynamo=False,
-                                  input_names=["x"], output_names=["y"])
-            session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        session = ort.InferenceSession(self._exported(module, shape, key), options, providers=[self.provider])
         feed = {"x": np.random.default_rng(0).standard_normal(shape, dtype=np.float32)}
 
         now = self.clock
@@ -411,4 +446,40 @@ class OnnxRuntimeTimer(Timer):
         return run
 
 
-__all__ = ["CpuTimer", "CudaTimer", "OnnxRuntimeTimer", "Timer", "Timing"]
+    def _exported(self, module: nn.Module, shape: tuple[int, ...], key: str | None) -> str:
+        """Path of the ONNX export of `module` for input `shape`, exported once per `key` (none: every time)."""
+        import torch
+
+        if self._exports is None:
+            self._exports = tempfile.TemporaryDirectory(prefix="nas-onnx-")
+        name = f"{key}-{'x'.join(map(str, shape))}" if key else "module"
+        path = Path(self._exports.name) / f"{_slug(name)}.onnx"
+        if key is None or not path.exists():
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                torch.onnx.export(module, (torch.zeros(shape),), str(path), dynamo=False,
+                                  input_names=["x"], output_names=["y"])
+        return str(path)
+
+
+@TIMERS.register("onnxruntime_cuda")
+class OnnxRuntimeCudaTimer(OnnxRuntimeTimer):
+    """ONNX Runtime with the CUDA execution provider (needs onnxruntime-gpu); wall clock, no reference."""
+
+    name = "onnxruntime_cuda"
+    engine = "onnxruntime-cuda"
+    provider = "CUDAExecutionProvider"
+    normalizes = False
+
+    def __init__(self, threads: int = 1, batch: int = 1, **protocol: Any) -> None:
+        super().__init__(threads, batch, **protocol)
+        self.clock = _clock.perf_counter  # session.run returns after the GPU is done: wall time is the latency
+
+    @property
+    def hardware(self) -> str:
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda-gpu"
+
+
+__all__ = ["CpuTimer", "CudaTimer", "OnnxRuntimeCudaTimer", "OnnxRuntimeTimer", "Timer", "Timing"]

@@ -35,7 +35,7 @@ from nas.arch import Arch, canonical_json
 from nas.errors import UserError
 from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
 
 # Search-script defaults [search/imagenet_arch_search.py]: (width, blocks, stride) per stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -185,6 +185,19 @@ class ProxylessNASSpace(SearchSpace):
             )
         factory, input_shape = entry
         return Unit(factory(), input_shape)
+
+    def latency_terms(self) -> list[LatencyTerm]:
+        """Stem and first block (fixed), one term per searchable block (its op), feature mix and head."""
+        head, by_choice, tail = self._key_parts
+
+        def fixed(named: list) -> LatencyTerm:
+            keys = tuple(key for _, key in named)
+            return LatencyTerm((), lambda _: keys)
+
+        def block(table: dict) -> Callable:
+            return lambda choices: () if table[choices[0]] is None else (table[choices[0]][1],)
+
+        return [fixed(head), *(LatencyTerm((d,), block(t)) for d, t in by_choice), fixed(tail)]
 
     # -- helpers ------------------------------------------------------------------
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:

@@ -6,10 +6,13 @@ import json
 import os
 import subprocess
 import sys
+from collections import Counter
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from nas.arch import Arch
 from nas.errors import UserError
@@ -17,14 +20,35 @@ from nas.evaluate.metrics import count_macs, count_params
 from nas.space import load_space
 
 
-def test_sample_mutate_crossover_give_valid_archs(space_name: str) -> None:
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_sample_mutate_crossover_give_valid_archs(space_name: str, seed: int) -> None:
     space = load_space(space_name)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     a, b = space.sample(rng), space.sample(rng)
-    for arch in (a, b, space.mutate(a, rng), space.crossover(a, b, rng)):
-        assert space.make_arch(dict(arch.choices)) == arch
     child = space.mutate(a, rng)
-    assert sum(child.choices[k] != a.choices[k] for k in a.choices) == 1
+    every = set(space.all_latency_keys())
+    for arch in (a, b, child, space.crossover(a, b, rng), space.crossover(a, child, rng)):
+        assert space.make_arch(dict(arch.choices)) == arch  # valid: rebuilding from its choices passes checks
+        assert set(space.latency_keys(arch)) <= every
+    assert child != a
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(seed=st.integers(0, 2**32 - 1))
+def test_latency_terms_give_the_latency_keys(space_name: str, seed: int) -> None:
+    space = load_space(space_name)
+    arch = space.sample(np.random.default_rng(seed))
+    from_terms = [k for t in space.latency_terms() for k in t.keys(tuple(arch.choices[d] for d in t.decisions))]
+    assert Counter(from_terms) == Counter(space.latency_keys(arch))
+
+
+def test_latency_terms_are_small_and_name_real_decisions(space_name: str) -> None:
+    space = load_space(space_name)
+    choices = {d.name: len(d.choices) for d in space.decisions()}
+    for term in space.latency_terms():
+        assert set(term.decisions) <= set(choices)
+        assert np.prod([choices[d] for d in term.decisions]) <= 1e5
 
 
 def test_json_round_trip_keeps_hash(space_name: str) -> None:

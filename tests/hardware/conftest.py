@@ -7,7 +7,7 @@ from torch import nn
 
 from nas.arch import Arch
 from nas.hardware.timers import CpuTimer
-from nas.space import Decision, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
 
 
 class FakeConfig(SpaceConfig):
@@ -41,6 +41,16 @@ class FakeSpace(SearchSpace):
 
     def all_latency_keys(self) -> list[str]:
         return sorted(self._keys().values())
+
+    def latency_terms(self) -> list[LatencyTerm]:
+        keys = self._keys()
+
+        def block(choices: tuple) -> tuple[str, ...]:
+            return () if choices[0] == "skip" else (keys[choices[0]],)
+
+        return [LatencyTerm((), lambda _: (keys["stem"],)),
+                *(LatencyTerm((f"b{i}.op",), block) for i in range(1, 5)),
+                LatencyTerm((), lambda _: (keys["head"],))]
 
     def unit(self, key: str) -> Unit:
         r, w, n = self.config.resolution, self.config.width, self.config.num_classes

@@ -13,7 +13,7 @@ from nas.hardware.table import Figures, LatencyTable, Report
 from nas.hardware.timers import CpuTimer
 
 REPORT_FIELDS = {"n_archs", "mape", "within_5", "within_10", "spearman", "noise", "naive", "passes",
-                 "seed", "measured_at"}
+                 "seed", "measured_at", "seconds", "points"}
 
 
 @pytest.fixture
@@ -41,6 +41,9 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
     assert set(report["naive"]) == {"mape", "within_5", "within_10", "spearman"}
     assert report["n_archs"] == 4 and report["seed"] == 3
     assert 0 <= report["within_5"] <= report["within_10"] <= 1 and report["mape"] >= 0 and report["noise"] >= 0
+    assert report["seconds"] > 0 and len(report["points"]) == 4
+    measured, predicted, naive = np.array(report["points"]).T
+    assert report["mape"] == pytest.approx(np.mean(np.abs(predicted - measured) / measured) * 100, rel=1e-3)
 
     correction = loaded.correction
     assert correction.method == "ridge" and correction.intercept_ms >= 0
@@ -49,8 +52,8 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
         expected = correction.intercept_ms + sum(correction.entries[k] for k in space.latency_keys(arch))
         assert loaded.predict(arch) == pytest.approx(expected, rel=1e-12)
 
-    assert [s for s in dict.fromkeys(stage for stage, _, _ in stages)] == ["units", "fit", "validate"]
-    assert stages[-1] == ("validate", 8, 8)
+    assert [s for s in dict.fromkeys(stage for stage, _, _ in stages)] == ["units", "archs", "validate again"]
+    assert stages[-1] == ("validate again", 4, 4) and ("archs", 14, 14) in stages
 
 
 def test_validate_rewrites_only_the_report(space, profiled):
