@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 _TRACE_BATCH = 2  # batch of the example input used to trace / export
 _CHECK_BATCH = 3  # batch of the verification input: differs, so the batch axis must be dynamic
+_CALIBRATION_BATCHES, _CALIBRATION_BATCH = 2, 8  # random batches that set fresh batch-norm statistics
 
 
 @dataclass(frozen=True)
@@ -223,10 +224,28 @@ def _check_same_arch(loaded: Arch, arch: Arch, path: Path) -> None:
 
 
 def _build(arch: Arch, seed: int) -> nn.Module:
-    """The eval-mode network of `arch`, initialised from `seed` without touching the global RNG."""
+    """The eval-mode network of `arch`, initialised from `seed` without touching the global RNG.
+
+    Fresh batch-norm statistics (mean 0, variance 1) let activations shrink layer by layer
+    until the logits hardly depend on the input, which would make the export check compare
+    constants; the statistics are therefore set from a few random batches first, so the
+    checked outputs vary with the input the way a trained network's do.
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return space_of(arch).build(arch).eval()
+        model = space_of(arch).build(arch)
+        resolution = arch.config["resolution"]
+        norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
+        for norm in norms:
+            norm.reset_running_stats()
+            norm.momentum = None  # a plain average over the calibration batches
+        model.train()
+        with torch.no_grad():
+            for _ in range(_CALIBRATION_BATCHES):
+                model(torch.randn(_CALIBRATION_BATCH, 3, resolution, resolution))
+        for norm, momentum in norms.items():
+            norm.momentum = momentum
+        return model.eval()
 
 
 def _writable_dir(out: Path) -> Path:

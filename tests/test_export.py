@@ -84,3 +84,14 @@ def test_failed_verification_is_nas_error_and_keeps_nothing(
         export(arch, ["onnx"], tmp_path)
     assert not isinstance(err.value, UserError)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checked_outputs_depend_on_the_input(arch: Arch) -> None:
+    """Fresh batch-norm statistics would make every logit nearly constant and the export check blind."""
+    from nas.export import _build
+
+    model = _build(arch, seed=0)
+    with torch.inference_mode():
+        logits = model(torch.randn(4, 3, arch.config["resolution"], arch.config["resolution"]))
+    assert float(logits.std(0).max()) > 0.05
+    assert not model.training

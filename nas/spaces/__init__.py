@@ -1,5 +1,5 @@
 """Search spaces; importing this package registers every space in `SPACES`."""
 
-from nas.spaces import proxylessnas
+from nas.spaces import eeea, ofa_mbv3, proxylessnas, single_path
 
-__all__ = ["proxylessnas"]
+__all__ = ["eeea", "ofa_mbv3", "proxylessnas", "single_path"]

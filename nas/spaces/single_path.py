@@ -1,0 +1,274 @@
+"""The Single-Path NAS search space: 20 MnasNet-style MBConv layers, each picking kernel, expansion or skip.
+
+Follows Stamoulis et al., "Single-Path NAS: Designing Hardware-Efficient ConvNets in less
+than 4 Hours" (ECML-PKDD 2019, arXiv:1904.02877), as implemented in dstamoulis/single-path-nas
+(`nas-search/supernet_macro.py`, `nas-search/singlepath_supernet.py`,
+`nas-search/superkernel.py`); the published Pixel 1 model is timm's `spnasnet_100`
+(`timm/models/efficientnet.py`, `_gen_spnasnet`). Network: 3x3 s2 stem (32), a fixed
+MBConv k3 e1 layer (16, no shortcut), five stages of 4 searchable layers (widths 24, 40,
+80, 96, 192; first-layer strides 2, 2, 2, 1, 2), a fixed MBConv k3 e6 layer (320, no
+shortcut), a 1x1 head conv (1280) and a pool-dropout-linear classifier, all ReLU, no
+squeeze-excite. Each searchable layer is one of the superkernel's four sub-kernels
+k3e3, k3e6, k5e3, k5e6; a stage's repeated layers (b2-b4) may also be `skip`, the first
+layer never can (it changes stride or width) [superkernel.py]. Layers with stride 1 and
+equal widths carry an identity shortcut.
+
+Deviations: this module is the space of stand-alone networks the search chooses between;
+the search method itself (one 5x5 x 6-expansion superkernel per layer, trainable norm
+thresholds) belongs to the one-shot methods, not here. BN keeps `nas.ops.mbconv`'s momentum 0.1 (PyTorch convention; the
+reference's TF 0.99 is 0.01 here) and PyTorch's default init; the head width is a config
+key (the reference fixes 1280 whatever the depth multiplier); widths scale with
+`make_divisible(w * width_mult)` as the reference's `round_filters`; latency keys use
+this package's self-describing format instead of the reference's per-block Pixel 1 table
+rows, and feature maps follow the real conv output size ceil(H / stride) at any
+resolution >= 32.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import cached_property, partial
+from typing import Annotated
+
+from pydantic import Field
+from torch import nn
+
+from nas.arch import Arch, canonical_json
+from nas.errors import UserError
+from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
+from nas.registry import SPACES
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+
+# [supernet_macro.py single_path_search]: (width, layers, first-layer stride) per searchable stage.
+_STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2))
+_STEM, _FIRST, _LAST = 32, 16, 320  # stem conv, fixed block 0 (k3 e1), fixed block 21 (k3 e6)
+# Choice token -> (kernel, expansion), in the runtime table's column order [superkernel.py].
+_OPS = {"k3e3": (3, 3), "k3e6": (3, 6), "k5e3": (5, 3), "k5e6": (5, 6)}
+SKIP = "skip"
+
+PositiveInt = Annotated[int, Field(gt=0)]
+
+
+class SinglePathConfig(SpaceConfig):
+    """Input size, classes, width multiplier, head width and classifier dropout."""
+
+    resolution: int = Field(ge=32)
+    num_classes: PositiveInt
+    width_mult: float = Field(default=1.0, gt=0)
+    head_width: PositiveInt = 1280
+    dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
+
+
+def _conv_out(size: int, stride: int) -> int:
+    """Output size of a conv with padding k//2 and odd k: ceil(size / stride)."""
+    return -(-size // stride)
+
+
+def _hwc(size: int, channels: int) -> str:
+    return f"{size}x{size}x{channels}"
+
+
+@dataclass(frozen=True)
+class _Layer:
+    """One MBConv position: a fixed layer (`first`, `last`) or a searchable layer `s{stage}.b{block}`."""
+
+    name: str
+    in_channels: int
+    out_channels: int
+    stride: int
+    in_size: int
+    residual: bool
+    skippable: bool
+
+    @property
+    def out_size(self) -> int:
+        return _conv_out(self.in_size, self.stride)
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return (self.in_channels, self.in_size, self.in_size)
+
+    def key(self, kernel: int, expand: int) -> str:
+        res = "-res" if self.residual else ""
+        return (
+            f"mbconv-in{_hwc(self.in_size, self.in_channels)}-out{_hwc(self.out_size, self.out_channels)}"
+            f"-k{kernel}-e{expand}-s{self.stride}{res}"
+        )
+
+    def factory(self, kernel: int, expand: int) -> Callable[[], nn.Module]:
+        return partial(
+            MBConv, self.in_channels, self.out_channels, kernel, expand, self.stride, self.residual, act=nn.ReLU
+        )
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Widths and feature-map sizes of every part of the network at one config."""
+
+    stem_width: int
+    first: _Layer
+    layers: tuple[_Layer, ...]
+    last: _Layer
+
+
+def _layout(config: SinglePathConfig) -> _Layout:
+    """Scale widths as `round_filters` does [singlepath_supernet.py] and track sizes layer by layer."""
+
+    def width(base: int) -> int:
+        return make_divisible(base * config.width_mult)
+
+    size = _conv_out(config.resolution, 2)
+    # Blocks 0 and 21 are "noskip" in the reference: no shortcut even where widths would allow one.
+    first = _Layer("first", width(_STEM), width(_FIRST), 1, size, residual=False, skippable=False)
+    layers, channels = [], first.out_channels
+    for s, (base, depth, stage_stride) in enumerate(_STAGES, 1):
+        out = width(base)
+        for b in range(1, depth + 1):
+            stride = stage_stride if b == 1 else 1
+            residual = stride == 1 and channels == out
+            layers.append(_Layer(f"s{s}.b{b}", channels, out, stride, size, residual, skippable=b > 1))
+            size, channels = _conv_out(size, stride), out
+    last = _Layer("last", channels, width(_LAST), 1, size, residual=False, skippable=False)
+    return _Layout(first.in_channels, first, tuple(layers), last)
+
+
+@SPACES.register("single_path")
+class SinglePathSpace(SearchSpace):
+    """Single-Path NAS: 20 searchable MBConv layers (15 skippable), 5^15 * 4^5 archs."""
+
+    name = "single_path"
+    config_model = SinglePathConfig
+    config: SinglePathConfig
+
+    @cached_property
+    def _layout(self) -> _Layout:
+        return _layout(self.config)
+
+    def decisions(self) -> list[Decision]:
+        """`s{stage}.b{block}.op` in network order; `skip` only for a stage's repeated layers."""
+        ops = tuple(_OPS)
+        return [Decision(f"{x.name}.op", (*ops, SKIP) if x.skippable else ops) for x in self._layout.layers]
+
+    def build(self, arch: Arch) -> nn.Module:
+        """A `Sequential` with one child per latency key of `arch`, in the same order."""
+        units = self._units
+        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
+
+    def latency_keys(self, arch: Arch) -> list[str]:
+        """Stem, first layer, every non-skipped searchable layer, last layer, head conv and classifier."""
+        return [key for _, key in self._named_keys(arch)]
+
+    def all_latency_keys(self) -> list[str]:
+        """Every key of every arch at this config: the fixed units and each layer with each of its ops."""
+        return sorted(self._units)
+
+    def unit(self, key: str) -> Unit:
+        """The module `build` uses for `key`, and its input shape (C, H, W)."""
+        entry = self._units.get(key)
+        if entry is None:
+            raise UserError(
+                f"{self.name}: {key!r} is not a latency key of this space at resolution "
+                f"{self.config.resolution}; see all_latency_keys() for the {len(self._units)} keys"
+            )
+        factory, input_shape = entry
+        return Unit(factory(), input_shape)
+
+    def latency_terms(self) -> list[LatencyTerm]:
+        """The fixed front (stem, first layer), one term per searchable layer (its op), the fixed back."""
+        front, by_choice, back = self._key_parts
+
+        def fixed(named: list[tuple[str, str]]) -> LatencyTerm:
+            keys = tuple(key for _, key in named)
+            return LatencyTerm((), lambda _: keys)
+
+        def layer(table: dict[str, tuple[str, str] | None]) -> Callable:
+            return lambda choices: () if table[choices[0]] is None else (table[choices[0]][1],)
+
+        return [fixed(front), *(LatencyTerm((d,), layer(t)) for d, t in by_choice), fixed(back)]
+
+    # -- helpers ------------------------------------------------------------------
+    def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
+        """(child name, latency key) of every timed unit of `arch`, in network order."""
+        self._check_own(arch)
+        front, by_choice, back = self._key_parts
+        named = list(front)
+        for decision, table in by_choice:
+            unit = table[arch.choices[decision]]
+            if unit is not None:
+                named.append(unit)
+        return named + back
+
+    @cached_property
+    def _key_parts(self) -> tuple[list, list[tuple[str, dict]], list]:
+        """Keys precomputed per layer and choice, so pricing an arch is a few dict lookups."""
+        layout = self._layout
+        front = [("stem", self._stem_key), ("first", layout.first.key(3, 1))]
+        by_choice = []
+        for layer in layout.layers:
+            child = layer.name.replace(".", "_")
+            table: dict[str, tuple[str, str] | None] = {op: (child, layer.key(*ke)) for op, ke in _OPS.items()}
+            if layer.skippable:
+                table[SKIP] = None
+            by_choice.append((f"{layer.name}.op", table))
+        back = [("last", layout.last.key(3, 6)), ("head_conv", self._head_conv_key), ("classifier", self._fc_key)]
+        return front, by_choice, back
+
+    def _check_own(self, arch: Arch) -> None:
+        if arch.space != self.name or arch.config != self._config_dump:
+            raise UserError(
+                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
+                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
+            )
+
+    @cached_property
+    def _config_dump(self) -> dict:
+        return json.loads(canonical_json(self.config.model_dump()))
+
+    @property
+    def _stem_key(self) -> str:
+        first = self._layout.first
+        return f"stem-in{_hwc(self.config.resolution, 3)}-out{_hwc(first.in_size, first.in_channels)}"
+
+    @property
+    def _head_conv_key(self) -> str:
+        last, head = self._layout.last, self.config.head_width
+        return f"conv1x1-in{_hwc(last.out_size, last.out_channels)}-out{_hwc(last.out_size, head)}"
+
+    @property
+    def _fc_key(self) -> str:
+        size = self._layout.last.out_size
+        return f"head-in{_hwc(size, self.config.head_width)}-out{self.config.num_classes}"
+
+    @cached_property
+    def _units(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
+        """Latency key -> (module factory, input shape (C, H, W)) for every unit of the space."""
+        cfg, layout = self.config, self._layout
+        r, last, head = cfg.resolution, layout.last, cfg.head_width
+        final = (last.out_channels, last.out_size, last.out_size)
+        units: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+            self._stem_key: (partial(ConvBNAct, 3, layout.stem_width, 3, 2, act=nn.ReLU), (3, r, r)),
+            self._head_conv_key: (partial(ConvBNAct, last.out_channels, head, 1, act=nn.ReLU), final),
+            self._fc_key: (partial(_classifier, head, cfg.num_classes, cfg.dropout), (head, *final[1:])),
+        }
+        positions = [(layout.first, [(3, 1)]), *((x, list(_OPS.values())) for x in layout.layers), (last, [(3, 6)])]
+        for layer, ops in positions:
+            units.update({layer.key(k, e): (layer.factory(k, e), layer.input_shape) for k, e in ops})
+        return units
+
+
+def _classifier(in_channels: int, num_classes: int, dropout: float) -> nn.Module:
+    """Global average pool -> dropout -> linear with bias [singlepath_supernet.py head]."""
+    return nn.Sequential(
+        OrderedDict(
+            pool=nn.AdaptiveAvgPool2d(1),
+            flatten=nn.Flatten(1),
+            dropout=nn.Dropout(dropout),
+            linear=nn.Linear(in_channels, num_classes),
+        )
+    )
+
+
+__all__ = ["SKIP", "SinglePathConfig", "SinglePathSpace"]
