@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -21,9 +23,8 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
-@pytest.fixture(scope="session")
-def lut_path(tmp_path_factory: pytest.TempPathFactory):
-    """A synthetic latency table for the proxylessnas demo config: 0.02 ms + 1 ms per 10M MACs per unit.
+def synthetic_table(space_name: str, path: Path) -> Path:
+    """Write a synthetic latency table for `space_name` at its demo config: 0.02 ms + 1 ms per 10M MACs per unit.
 
     Searches in tests price archs with it, so they need no minutes of profiling; real
     tables are measured by `nas profile` (tests/hardware).
@@ -31,11 +32,16 @@ def lut_path(tmp_path_factory: pytest.TempPathFactory):
     from nas.hardware.table import Entry, LatencyTable, Metadata, TableFile
     from nas.space import load_space
 
-    space = load_space("proxylessnas")
+    space = load_space(space_name)
     entries = {k: Entry(mean=0.02 + space.unit_cost(k)[1] / 1e7, std=0.0, count=1) for k in space.all_latency_keys()}
-    meta = Metadata(space="proxylessnas", space_config=space.config.model_dump(mode="json"), device_id="synthetic",
+    meta = Metadata(space=space_name, space_config=space.config.model_dump(mode="json"), device_id="synthetic",
                     backend="cpu", hardware="synthetic", batch=1, dtype="fp32", threads=1, versions={},
                     measured_at="2026-01-01")
-    path = tmp_path_factory.mktemp("lut") / "proxylessnas-r32.yaml"
     LatencyTable(TableFile(metadata=meta, entries=entries)).save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def lut_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic latency table of the proxylessnas demo config (see `synthetic_table`)."""
+    return synthetic_table("proxylessnas", tmp_path_factory.mktemp("lut") / "proxylessnas-r32.yaml")

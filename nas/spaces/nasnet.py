@@ -1,0 +1,494 @@
+"""The NASNet search space: a normal and a reduction cell of B = 5 blocks, stacked N @ F.
+
+Follows Zoph, Vasudevan, Shlens and Le, "Learning Transferable Architectures for Scalable
+Image Recognition" (CVPR 2018) as implemented in TF-slim (tensorflow/models
+`research/slim/nets/nasnet/nasnet.py`, `nasnet_utils.py`); ops and cell live in
+`nas.ops.nasnet`. Each block of each cell type picks two hidden states (`inputs`, e.g.
+`0+3`: 0 = the previous cell's output h_i, 1 = the one before, h_{i-1}, 2 + b = block b,
+slim's numbering), one of the paper's 13 ops for each (`op1` on the first, `op2` on the
+second), and adds the two results. The cell output concatenates the block outputs no
+block reads (the paper's rule; NNI's `loose_end` merge). Network: a
+CIFAR stem (3x3 conv, stride 1) or an ImageNet stem (3x3 conv, stride 2, 'VALID', then two
+reduction cells at F/4 and F/2 filters, as slim's `stem_cell = reduction_cell`), then N
+normal cells, a reduction cell, N normal cells, a reduction cell, N normal cells (filters
+F, 2F, 4F; reductions stride the ops on the cell inputs only), ReLU, pool, dropout, linear.
+
+Choices where the paper and slim disagree: slim's hand-set `used_hiddenstates` masks put
+states the cells do use into the output as well (h_{i-1} in NASNet-A's normal cell,
+block 1's output in its reduction cell), which the 6 @ 768 / 4 @ 1056 / 6 @ 4032 names
+and the published counts require. The config keys `normal_concat_extra` and
+`reduction_concat_extra` add such states to the unused ones; the presets set them to slim's
+masks, the default (empty) is the paper's rule.
+
+Deviations: the two inputs of a block are one decision over unordered pairs (`0+3`, the
+lower state first) where the paper's controller picks them one after the other; as the
+block adds its branches, (in1, op1, in2, op2) and (in2, op2, in1, op1) are the same network,
+so this is the same set of networks without the double encoding, and it keeps the latency
+term over the inputs that decide a cell's width at 6*10*15*21 = 18,900 combinations (129,600
+with ordered picks). The combination is always addition, not a decision: the paper also
+allows concatenation, but every published cell, slim and NNI add, and a concat would make every
+later width (and the preprocessing latency keys) depend on five more decisions per cell
+type. An arch where a cell type never reads one of its inputs (h_i or h_{i-1}, unless it is
+concatenated) is rejected: that input would have no path to the cell output (slim would
+build its preprocessing as dead weight). Fixed: 2 reduction cells, filter scaling 2 per
+reduction. No auxiliary head and no drop-path (training only). Latency keys are this
+package's self-describing strings; a strided or widening identity is timed under its
+`conv_1x1` key (the same module); a stride-1 identity has no key.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from functools import cached_property, partial
+from itertools import combinations
+from typing import Annotated, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+from torch import nn
+
+from nas.arch import Arch, Choice, canonical_json
+from nas.errors import NasError, UserError
+from nas.ops.nasnet import OPS, FactorizedReduction, Head, NASNet, NASNetCell, Stem, make_op
+from nas.registry import SPACES
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+
+NORMAL, REDUCTION = "normal", "reduction"
+CELL_TYPES = (NORMAL, REDUCTION)
+BLOCKS = 5
+_BLOCK_STATES = tuple(range(2, 2 + BLOCKS))  # hidden states made by the blocks
+# Choice tokens of `b{b}.inputs`: the unordered pairs of the b + 2 states block b can read.
+_PAIRS = tuple(tuple(f"{i}+{j}" for i in range(b + 2) for j in range(i, b + 2)) for b in range(BLOCKS))
+_MAX_TRIES = 100
+
+PositiveInt = Annotated[int, Field(gt=0)]
+HiddenState = Annotated[int, Field(ge=0, le=1 + BLOCKS)]
+_Factory = Callable[[], nn.Module]
+
+
+class NASNetConfig(SpaceConfig):
+    """Input, classes, stem, N (normal cells per stack), F (filters) and slim's extra output states."""
+
+    resolution: int = Field(ge=16)
+    num_classes: PositiveInt
+    stem: Literal["cifar", "imagenet"]
+    cells_per_stack: PositiveInt
+    num_filters: PositiveInt
+    stem_multiplier: float = Field(default=3.0, gt=0)
+    skip_reduction_layer_input: bool = False
+    normal_concat_extra: tuple[HiddenState, ...] = ()
+    reduction_concat_extra: tuple[HiddenState, ...] = ()
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
+
+    @field_validator("normal_concat_extra", "reduction_concat_extra")
+    @classmethod
+    def _distinct_sorted(cls, states: tuple[int, ...]) -> tuple[int, ...]:
+        if len(set(states)) != len(states):
+            raise ValueError("hidden states must be distinct")
+        return tuple(sorted(states))
+
+    def concat_extra(self, kind: str) -> tuple[int, ...]:
+        """Hidden states of a `kind` cell concatenated into its output even when used."""
+        return self.normal_concat_extra if kind == NORMAL else self.reduction_concat_extra
+
+
+def _pair(token: Choice) -> tuple[int, int]:
+    """The two hidden states of an `inputs` choice: "0+3" -> (0, 3)."""
+    first, second = str(token).split("+")
+    return int(first), int(second)
+
+
+def _hwc(size: int, channels: int) -> str:
+    return f"{size}x{size}x{channels}"
+
+
+def _half(size: int) -> int:
+    return -(-size // 2)  # 'SAME' stride 2: ceil(H / 2)
+
+
+@dataclass(frozen=True)
+class _Cell:
+    """One cell position: type, filters, input size and the outputs it reads (0 = stem, 1 + k = cell k)."""
+
+    kind: str
+    filters: int
+    in_size: int
+    src0: int
+    src1: int | None  # None: the raw input of src0 again (slim's prev_layer=None)
+
+    @property
+    def out_size(self) -> int:
+        return _half(self.in_size) if self.kind == REDUCTION else self.in_size
+
+    def stride(self, state: int) -> int:
+        """Reduction cells stride only the ops on the cell inputs [nasnet_utils._apply_conv_operation]."""
+        return 2 if self.kind == REDUCTION and state < 2 else 1
+
+
+@dataclass(frozen=True)
+class _Layout:
+    stem_width: int
+    stem_size: int
+    cells: tuple[_Cell, ...]
+
+    def size(self, output: int) -> int:
+        return self.stem_size if output == 0 else self.cells[output - 1].out_size
+
+
+def _layout(cfg: NASNetConfig) -> _Layout:
+    """Cells in network order with slim's wiring [nasnet.py `_build_nasnet_base`, `_imagenet_stem`]."""
+    f, n = cfg.num_filters, cfg.cells_per_stack
+    if cfg.stem == "cifar":
+        stem_width, stem_size = int(f * cfg.stem_multiplier), cfg.resolution
+    else:
+        stem_width, stem_size = int(32 * cfg.stem_multiplier), (cfg.resolution - 3) // 2 + 1
+    cells: list[_Cell] = []
+    sizes = [stem_size]
+    history: list[int | None] = [None, 0]  # slim's cell_outputs, as output indices
+
+    def add(kind: str, filters: int, src1: int | None) -> None:
+        cell = _Cell(kind, filters, sizes[history[-1]], history[-1], src1)
+        cells.append(cell)
+        sizes.append(cell.out_size)
+        history.append(len(cells))
+
+    if cfg.stem == "imagenet":
+        for scaling in (0.25, 0.5):
+            add(REDUCTION, int(f * scaling), history[-2])
+    scaling = 1
+    for k in range(3 * n):
+        prev = history[-2]
+        if k in (n, 2 * n):
+            scaling *= 2
+            add(REDUCTION, f * scaling, history[-2])
+        add(NORMAL, f * scaling, prev if cfg.skip_reduction_layer_input else history[-2])
+    layout = _Layout(stem_width, stem_size, tuple(cells))
+    _check_widths(layout, cfg)
+    return layout
+
+
+def _check_widths(layout: _Layout, cfg: NASNetConfig) -> None:
+    """Every width is positive; factorized reduction at stride 2 splits one in halves
+    [nasnet_utils.factorized_reduction]."""
+    narrowest = min(layout.stem_width, *(c.filters for c in layout.cells))
+    if narrowest < 1:
+        raise UserError(f"nasnet space config: num_filters {cfg.num_filters} and stem_multiplier "
+                        f"{cfg.stem_multiplier} give a layer with no channels; raise them")
+    for cell in layout.cells:
+        reduces_prev = cell.src1 is not None and layout.size(cell.src1) != cell.in_size
+        reduces_out = cell.kind == REDUCTION and bool(set(cfg.concat_extra(REDUCTION)) & {0, 1})
+        if (reduces_prev or reduces_out) and cell.filters % 2:
+            raise UserError(
+                f"nasnet space config: num_filters {cfg.num_filters} gives a cell of {cell.filters} filters "
+                f"that needs a factorized reduction, which needs an even width; choose another num_filters"
+            )
+
+
+@SPACES.register("nasnet")
+class NASNetSpace(SearchSpace):
+    """NASNet: 2 cell types x 5 blocks x (a pair of inputs, 2 of 13 ops); 30 decisions."""
+
+    name = "nasnet"
+    config_model = NASNetConfig
+    config: NASNetConfig
+
+    def __init__(self, config: NASNetConfig, presets: Mapping | None = None) -> None:
+        super().__init__(config, presets)
+        self._layout  # noqa: B018 - a config with impossible widths fails when loaded, not when built
+
+    @cached_property
+    def _layout(self) -> _Layout:
+        return _layout(self.config)
+
+    def decisions(self) -> list[Decision]:
+        """`{normal,reduction}.b{0..4}.{inputs,op1,op2}`, in the paper's controller order."""
+        ops = tuple(OPS)
+        return [Decision(f"{kind}.b{b}.{what}", _PAIRS[b] if what == "inputs" else ops)
+                for kind in CELL_TYPES for b in range(BLOCKS) for what in ("inputs", "op1", "op2")]
+
+    def check(self, choices: Mapping[str, Choice]) -> None:
+        """Every cell input must reach the cell output (be read by a block, or be concatenated)."""
+        problem = self._unread_input(choices)
+        if problem is not None:
+            raise UserError(f"{self.name}: {problem}")
+
+    def build(self, arch: Arch) -> nn.Module:
+        """A `NASNet` whose units are exactly the modules `unit` gives for `latency_keys(arch)`."""
+        units, layout, plan = self._units, self._layout, self._plan(arch)
+
+        def make(key: str | None) -> nn.Module | None:
+            return None if key is None else units[key][0]()
+
+        cells = []
+        for cell_plan, kind in zip(plan.cells, (c.kind for c in layout.cells), strict=True):
+            pre0, pre1, ops, project = cell_plan
+            cells.append(NASNetCell(make(pre0), make(pre1), [make(k) for k in ops], plan.inputs[kind],
+                                    plan.concat[kind], [make(k) for k in project]))
+        sources = [(c.src0, c.src1) for c in layout.cells]
+        return NASNet(make(self._stem_key), cells, sources, make(plan.head))
+
+    def latency_keys(self, arch: Arch) -> list[str]:
+        """Stem; per cell: preprocessing, ops (stride-1 identities have none), output projections; head."""
+        plan = self._plan(arch)
+        keys = [self._stem_key]
+        for pre0, pre1, ops, project in plan.cells:
+            keys += [k for k in (pre0, pre1, *ops, *project) if k is not None]
+        return [*keys, plan.head]
+
+    def all_latency_keys(self) -> list[str]:
+        """Every key of every arch at this config: each op at each cell input, each possible input width."""
+        return sorted(self._units)
+
+    def unit(self, key: str) -> Unit:
+        """The module `build` uses for `key`, and its input shape (C, H, W)."""
+        entry = self._units.get(key)
+        if entry is None:
+            raise UserError(f"{self.name}: {key!r} is not a latency key of this space at this config; "
+                            f"see all_latency_keys() for the {len(self._units)} keys")
+        factory, shape = entry
+        return Unit(factory(), shape)
+
+    def latency_terms(self) -> list[LatencyTerm]:
+        """Fixed units; per (cell type, block, side) its op on its input; per cell type the units that
+        read its output, whose width depends only on the inputs that decide its unused states."""
+        tables = self._tables
+        terms = [LatencyTerm((), lambda _, keys=tables.fixed: keys)]
+        for kind in CELL_TYPES:
+            positions = [k for k, c in enumerate(self._layout.cells) if c.kind == kind]
+            for b in range(BLOCKS):
+                for side in (0, 1):
+                    slots = tuple(tables.ops[k] for k in positions)
+                    terms.append(LatencyTerm((f"{kind}.b{b}.inputs", f"{kind}.b{b}.op{side + 1}"),
+                                             partial(_op_keys, slots, side)))
+        for kind in CELL_TYPES:
+            extra = self.config.concat_extra(kind)
+            terms.append(LatencyTerm(self._width_decisions(kind), partial(_reader_keys, tables.readers[kind], extra)))
+        return terms
+
+    # -- sampling among archs that pass `check` ------------------------------------------
+    def sample(self, rng: np.random.Generator) -> Arch:
+        """A uniformly random arch among those that pass `check` (rejection sampling)."""
+        items = list(self._decisions.items())
+        return self._first_valid(lambda: {n: d.choices[rng.integers(len(d.choices))] for n, d in items}, "sample")
+
+    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
+        """`arch` with one random decision changed, redrawn until it passes `check`."""
+        mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
+
+        def propose() -> dict[str, Choice]:
+            decision = mutable[rng.integers(len(mutable))]
+            others = [c for c in decision.choices if c != arch.choices[decision.name]]
+            return {**arch.choices, decision.name: others[rng.integers(len(others))]}
+
+        return self._first_valid(propose, "mutate")
+
+    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
+        """Uniform crossover; a cell type whose mixed inputs fail `check` is taken whole from one parent."""
+        pick = rng.random(len(self._decisions)) < 0.5
+        child = {n: (a if p else b).choices[n] for n, p in zip(self._decisions, pick, strict=True)}
+        for kind in CELL_TYPES:
+            if self._unread_input(child, kind) is not None:
+                parent = a if rng.random() < 0.5 else b
+                child.update({n: parent.choices[n] for n in child if n.startswith(f"{kind}.")})
+        return self.make_arch(child)
+
+    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str) -> Arch:
+        for _ in range(_MAX_TRIES):
+            choices = propose()
+            if self._unread_input(choices) is None:
+                return self.make_arch(choices)
+        raise NasError(f"{self.name}: {what} found no arch whose cells read both inputs in {_MAX_TRIES} draws")
+
+    # -- helpers ------------------------------------------------------------------------
+    def _unread_input(self, choices: Mapping[str, Choice], only: str | None = None) -> str | None:
+        """Why a cell type has an input with no path to its output, or None."""
+        for kind in (only,) if only else CELL_TYPES:
+            read = {s for b in range(BLOCKS) for s in _pair(choices[f"{kind}.b{b}.inputs"])}
+            for state, label in ((0, "h_i"), (1, "h_{i-1}")):
+                if state not in read and state not in self.config.concat_extra(kind):
+                    return (f"decisions {kind}.b0.inputs .. {kind}.b{BLOCKS - 1}.inputs: no block reads hidden "
+                            f"state {state} ({label}), so it has no path to the {kind} cell's output; at least "
+                            f"one of them must include {state}, e.g. {kind}.b0.inputs: 0+1")
+        return None
+
+    def _width_decisions(self, kind: str) -> tuple[str, ...]:
+        """Inputs that can decide whether a block output is unused (states in the extra list never matter)."""
+        extra = set(self.config.concat_extra(kind))
+        return tuple(f"{kind}.b{b}.inputs" for b in range(1, BLOCKS) if any(j not in extra for j in range(2, b + 2)))
+
+    def _plan(self, arch: Arch) -> _Plan:
+        """Latency key (None: no module) of every unit of `arch`, per cell, plus wiring."""
+        self._check_own(arch)
+        tables, cells = self._tables, self._layout.cells
+        inputs = {kind: tuple(s for b in range(BLOCKS) for s in _pair(arch.choices[f"{kind}.b{b}.inputs"]))
+                  for kind in CELL_TYPES}
+        ops = {kind: tuple(arch.choices[f"{kind}.b{b}.op{s}"] for b in range(BLOCKS) for s in (1, 2))
+               for kind in CELL_TYPES}
+        concat = {kind: _concat(self.config.concat_extra(kind), inputs[kind]) for kind in CELL_TYPES}
+        counts = {kind: len(concat[kind]) for kind in CELL_TYPES}
+        width = [self._layout.stem_width] + [c.filters * counts[c.kind] for c in cells]
+        planned = []
+        for k, cell in enumerate(cells):
+            op_keys = tuple(tables.ops[k][(j, op)] for j, op in zip(inputs[cell.kind], ops[cell.kind], strict=True))
+            pre1 = None if cell.src1 is None else tables.pre1[k][width[cell.src1]]
+            project = tuple(tables.project[k].get(j) for j in concat[cell.kind])
+            planned.append((tables.pre0[k][width[cell.src0]], pre1, op_keys, project))
+        return _Plan(tuple(planned), inputs, concat, tables.head[width[-1]])
+
+    def _check_own(self, arch: Arch) -> None:
+        if arch.space != self.name or arch.config != self._config_dump:
+            raise UserError(
+                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
+                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
+            )
+
+    @cached_property
+    def _config_dump(self) -> dict:
+        return json.loads(canonical_json(self.config.model_dump()))
+
+    @property
+    def _stem_key(self) -> str:
+        cfg, layout = self.config, self._layout
+        r = cfg.resolution
+        return f"stem_{cfg.stem}-in{_hwc(r, 3)}-out{_hwc(layout.stem_size, layout.stem_width)}"
+
+    @cached_property
+    def _tables(self) -> _Tables:
+        """Every unit of the space, as key tables per cell position."""
+        return _build_tables(self.config, self._layout, self._stem_key)
+
+    @cached_property
+    def _units(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
+        return self._tables.units
+
+
+@dataclass(frozen=True)
+class _Plan:
+    cells: tuple[tuple[str, str | None, tuple[str | None, ...], tuple[str | None, ...]], ...]
+    inputs: dict[str, tuple[int, ...]]
+    concat: dict[str, tuple[int, ...]]
+    head: str
+
+
+@dataclass(frozen=True)
+class _Tables:
+    """Keys per cell position k: `pre0[k][width]`, `pre1[k][width]`, `ops[k][(state, op)]`,
+    `project[k][state]`; `head[width]`; `fixed` keys; per cell type, `readers[kind][count]`: the keys
+    of every unit reading an output of that type when it concatenates `count` states."""
+
+    units: dict[str, tuple[_Factory, tuple[int, int, int]]]
+    pre0: tuple[dict[int, str], ...]
+    pre1: tuple[dict[int, str | None], ...]
+    ops: tuple[dict[tuple[int, str], str | None], ...]
+    project: tuple[dict[int, str | None], ...]
+    head: dict[int, str]
+    fixed: tuple[str, ...]
+    readers: dict[str, dict[int, tuple[str, ...]]]
+
+
+class _Keys:
+    """Names units and records each key's module factory and input shape (C, H, W)."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, tuple[_Factory, tuple[int, int, int]]] = {}
+
+    def add(self, key: str, factory: _Factory, c: int, h: int) -> str:
+        self.units.setdefault(key, (factory, (c, h, h)))
+        return key
+
+    def op(self, token: str, c_in: int, size: int, c_out: int, stride: int) -> str | None:
+        if OPS[token][0] == "identity":
+            if stride == 1 and c_in == c_out:
+                return None
+            token = "conv_1x1"  # the same ReLU-1x1-BN module [nasnet_utils._apply_conv_operation 'none']
+        out = _half(size) if stride == 2 else size
+        key = f"{token}-in{_hwc(size, c_in)}-out{_hwc(out, c_out)}-s{stride}"
+        return self.add(key, partial(make_op, token, c_in, c_out, stride), c_in, size)
+
+    def reduce(self, c_in: int, size: int, c_out: int, stride: int, relu: bool) -> str:
+        name = "factorized_reduce" if relu else "concat_reduce"
+        key = f"{name}-in{_hwc(size, c_in)}-out{_hwc(_half(size) if stride == 2 else size, c_out)}-s{stride}"
+        return self.add(key, partial(FactorizedReduction, c_in, c_out, stride, relu), c_in, size)
+
+
+def _cell_tables(keys: _Keys, cfg: NASNetConfig, layout: _Layout, cell: _Cell, widths: Callable) -> tuple:
+    """pre0, pre1, ops and project tables of one cell position (see `_Tables`)."""
+    f, h = cell.filters, cell.in_size
+    pre0 = {w: keys.op("conv_1x1", w, h, f, 1) for w in widths(cell.src0)}
+    pre1: dict[int, str | None] = {}
+    if cell.src1 is not None:  # adjust h_{i-1} to this cell [nasnet_utils._reduce_prev_layer]
+        size1 = layout.size(cell.src1)
+        for w in widths(cell.src1):
+            pre1[w] = keys.reduce(w, size1, f, 2, True) if size1 != h else keys.op("identity", w, h, f, 1)
+    # Every hidden state is F wide, except state 1 read raw (slim's prev_layer=None: the stem).
+    assert cell.src1 is not None or cell.src0 == 0
+    width = {j: f for j in range(2 + BLOCKS)} | {1: f if cell.src1 is not None else layout.stem_width}
+    ops = {(j, t): keys.op(t, width[j], h if j < 2 else cell.out_size, f, cell.stride(j))
+           for j in range(1 + BLOCKS) for t in OPS}
+    project: dict[int, str | None] = {}  # cell inputs in the output [nasnet_utils._combine_unused_states]
+    for j in (j for j in cfg.concat_extra(cell.kind) if j < 2):
+        if cell.out_size != h or width[j] != f:
+            project[j] = keys.reduce(width[j], h, f, 2 if cell.out_size != h else 1, False)
+    return pre0, pre1, ops, project
+
+
+def _build_tables(cfg: NASNetConfig, layout: _Layout, stem: str) -> _Tables:
+    keys, cells = _Keys(), layout.cells
+    stride_padding = (1, 1) if cfg.stem == "cifar" else (2, 0)  # 'SAME' stride 1 / 'VALID' stride 2
+    keys.add(stem, partial(Stem, layout.stem_width, *stride_padding), 3, cfg.resolution)
+    counts = {kind: _possible_counts(cfg.concat_extra(kind)) for kind in CELL_TYPES}
+
+    def widths(output: int) -> tuple[int, ...]:
+        src = cells[output - 1] if output else None
+        return (layout.stem_width,) if src is None else tuple(src.filters * n for n in counts[src.kind])
+
+    pre0, pre1, ops, project = zip(*(_cell_tables(keys, cfg, layout, c, widths) for c in cells), strict=True)
+    last = cells[-1]
+    head = {w: keys.add(f"head-in{_hwc(last.out_size, w)}-out{cfg.num_classes}",
+                        partial(Head, w, cfg.num_classes, cfg.dropout), w, last.out_size) for w in widths(len(cells))}
+    fixed = [stem]
+    for k, cell in enumerate(cells):
+        fixed += [pre0[k][layout.stem_width]] if cell.src0 == 0 else []
+        fixed += [pre1[k][layout.stem_width]] if cell.src1 == 0 and pre1[k][layout.stem_width] else []
+        fixed += [key for key in project[k].values() if key is not None]
+    readers: dict[str, dict[int, tuple[str, ...]]] = {kind: {} for kind in CELL_TYPES}
+    for kind in CELL_TYPES:
+        for n in counts[kind]:
+            found: list[str] = []
+            for i, src in ((i, src) for i, src in enumerate(cells, 1) if src.kind == kind):
+                w = src.filters * n
+                found += [pre0[k][w] for k, c in enumerate(cells) if c.src0 == i]
+                found += [pre1[k][w] for k, c in enumerate(cells) if c.src1 == i and pre1[k][w] is not None]
+                found += [head[w]] if i == len(cells) else []
+            readers[kind][n] = tuple(found)
+    return _Tables(keys.units, pre0, pre1, ops, project, head, tuple(fixed), readers)
+
+
+def _concat(extra: tuple[int, ...], inputs: tuple[int, ...]) -> tuple[int, ...]:
+    """States a cell concatenates: the unused block outputs and the configured extra states."""
+    return tuple(sorted(set(extra) | (set(_BLOCK_STATES) - set(inputs))))
+
+
+def _possible_counts(extra: tuple[int, ...]) -> tuple[int, ...]:
+    """Every number of concatenated states (any subset of states 2..5 can be used; the last never is)."""
+    used_sets = (set(u) for r in range(BLOCKS) for u in combinations(_BLOCK_STATES[:-1], r))
+    return tuple(sorted({len(set(extra) | (set(_BLOCK_STATES) - used)) for used in used_sets}))
+
+
+def _op_keys(slots: tuple[dict[tuple[int, str], str | None], ...], side: int,
+             choices: tuple[Choice, ...]) -> tuple[str, ...]:
+    """Keys of one block side (its input of the pair, its op) at every cell position of its type."""
+    pair, token = choices
+    state = _pair(pair)[side]
+    return tuple(key for slot in slots if (key := slot[(state, token)]) is not None)
+
+
+def _reader_keys(readers: dict[int, tuple[str, ...]], extra: tuple[int, ...],
+                 pairs: tuple[Choice, ...]) -> tuple[str, ...]:
+    """Keys of the units reading a cell type's output, given the inputs that decide its width."""
+    return readers[len(_concat(extra, tuple(s for p in pairs for s in _pair(p))))]
+
+
+__all__ = ["BLOCKS", "CELL_TYPES", "NORMAL", "REDUCTION", "NASNetConfig", "NASNetSpace"]
