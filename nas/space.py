@@ -8,6 +8,7 @@ latency key of every timed unit of an arch, so a latency table can price it.
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -68,7 +69,7 @@ class SearchSpace(ABC):
     """Base class of search spaces.
 
     Subclasses set `config_model`, register with `@SPACES.register(name)` and
-    implement `decisions`, `build`, `latency_keys`, `all_latency_keys` and `unit`.
+    implement `decisions`, `build`, `latency_keys`, `unit_table` and `latency_terms`.
     """
 
     name: ClassVar[str]
@@ -76,6 +77,7 @@ class SearchSpace(ABC):
 
     def __init__(self, config: SpaceConfig, presets: Mapping[str, PresetSpec] | None = None) -> None:
         self.config = config
+        self._config_dump = json.loads(canonical_json(config.model_dump()))  # as an Arch stores it
         self._preset_specs = dict(presets or {})
         self._decisions = {d.name: d for d in self.decisions()}
         self._unit_costs: dict[str, tuple[int, int]] = {}
@@ -93,17 +95,36 @@ class SearchSpace(ABC):
     def latency_keys(self, arch: Arch) -> list[str]:
         """One key per timed unit of `arch`, in network order; together they make the whole network."""
 
+    @property
     @abstractmethod
-    def all_latency_keys(self) -> list[str]:
-        """Every key any arch of this space (at this config) can produce, sorted."""
-
-    @abstractmethod
-    def unit(self, key: str) -> Unit:
-        """The module and input shape that `key` times."""
+    def unit_table(self) -> Mapping[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
+        """Every latency key at this config -> (factory of the module `build` uses for it, input shape (C, H, W))."""
 
     @abstractmethod
     def latency_terms(self) -> list[LatencyTerm]:
         """The latency keys as terms over few decisions each (see `LatencyTerm`), in network order."""
+
+    def all_latency_keys(self) -> list[str]:
+        """Every key any arch of this space (at this config) can produce, sorted."""
+        return sorted(self.unit_table)
+
+    def unit(self, key: str) -> Unit:
+        """A fresh module of the unit `key` (the one `build` uses) and its input shape."""
+        entry = self.unit_table.get(key)
+        if entry is None:
+            raise UserError(f"{self.name}: {key!r} is not a latency key of this space at config "
+                            f"{canonical_json(self.config.model_dump())}; see all_latency_keys() for the "
+                            f"{len(self.unit_table)} keys")
+        factory, input_shape = entry
+        return Unit(factory(), input_shape)
+
+    def check_own(self, arch: Arch) -> None:
+        """Refuse an arch of another space or config (its keys would price another network)."""
+        if arch.space != self.name or arch.config != self._config_dump:
+            raise UserError(
+                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
+                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
+            )
 
     def unit_cost(self, key: str) -> tuple[int, int]:
         """(params, MACs) of the unit `key`, counted once from its built module and cached."""

@@ -16,9 +16,12 @@ calibration run at first use; latencies thus read as ms at the machine's best
 observed speed, and a table stores `reference_ms` so re-validation reuses it.
 Without a reference (`cuda`, CUDA events) the latency is the median per-call
 block mean. `std_ms` is the spread of the blocks on the same scale and `count` the
-number of timed calls. Backends: `cpu` (PyTorch eager, inference mode),
-`onnxruntime` (TorchScript ONNX export, CPU execution provider) and `cuda`. Torch
-and onnxruntime are imported lazily, so `import nas.hardware` stays light.
+number of timed calls. A module slower than a block gets at most `budget_ms` of timed
+calls (at least 7 blocks). glibc malloc is set to keep freed memory (`_steady_allocator`),
+so large feature maps do not page-fault on every call. Backends: `cpu` (PyTorch eager,
+inference mode), `onnxruntime` (TorchScript ONNX export, CPU execution provider),
+`onnxruntime_cuda` (CUDA execution provider) and `cuda` (CUDA events; fp32, fp16 or
+bf16). Torch and onnxruntime are imported lazily, so `import nas.hardware` stays light.
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ _REFERENCE_SHAPE = (16, 16, 16)  # (C, H, W) of the reference module's input
 _CALIBRATION_BLOCKS = 100
 _CALIBRATION_BLOCK_S = 0.005
 _MIN_BLOCKS = 7
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt options
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 
 
@@ -110,6 +114,7 @@ class Timer(ABC):
         self.threads = threads
         self.batch = batch
         self.dtype = dtype
+        self.allocator = _steady_allocator()
         self.blocks = blocks
         self.block_ms = block_ms
         self.warmup_ms = warmup_ms
@@ -143,7 +148,8 @@ class Timer(ABC):
     def protocol(self) -> dict[str, Any]:
         """The measurement protocol, stored with every table (calibrates the reference if needed)."""
         protocol: dict[str, Any] = {"blocks": self.blocks, "block_ms": self.block_ms, "warmup_ms": self.warmup_ms,
-                                    "budget_ms": self.budget_ms, "reference": self.reference}
+                                    "budget_ms": self.budget_ms, "reference": self.reference,
+                                    "allocator": self.allocator}
         if self.reference:
             with self._pinned():
                 self._reference()
@@ -191,6 +197,31 @@ class Timer(ABC):
         if self.reference_ms is None:
             self.reference_ms = _calibrate(self._reference_run, self.warmup_ms / 1e3) * 1e3
         return self._reference_run
+
+
+@cache
+def _steady_allocator() -> str:
+    """Keep glibc malloc from returning memory to the OS, so every timed call runs fault-free.
+
+    By default, glibc serves blocks above a dynamic threshold (128 KiB at first) with fresh
+    `mmap`s and trims the heap on free, so the feature maps of a 224x224 network page-fault
+    on every call, and how often depends on the allocation history of the process: the same
+    network re-timed a minute later differed by 3-5%. With large blocks kept on the heap
+    (threshold 32 MiB, glibc's maximum, no trimming) repeated timings agree to about 1%, and
+    latencies read as the steady state a serving process reaches. Applies to the whole
+    process; returns what was set, for the table's protocol.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        settings = {_M_MMAP_THRESHOLD: 32 << 20, _M_TRIM_THRESHOLD: 1 << 30, _M_TOP_PAD: 64 << 20}
+        if all(libc.mallopt(option, value) == 1 for option, value in settings.items()):
+            return "glibc: mmap_threshold 32 MiB, trim_threshold 1 GiB, top_pad 64 MiB"
+    except (OSError, AttributeError):
+        pass
+    return "default (not glibc)"
 
 
 def _check_positive(flag: str, value: int) -> None:
@@ -444,7 +475,6 @@ class OnnxRuntimeTimer(Timer):
             return now() - start
 
         return run
-
 
     def _exported(self, module: nn.Module, shape: tuple[int, ...], key: str | None) -> str:
         """Path of the ONNX export of `module` for input `shape`, exported once per `key` (none: every time)."""

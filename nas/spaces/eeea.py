@@ -30,7 +30,6 @@ latency keys are this package's self-describing strings; stride-1 `skip_connect`
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
@@ -42,11 +41,11 @@ import numpy as np
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from nas.arch import Arch, Choice, canonical_json
+from nas.arch import Arch, Choice
 from nas.errors import NasError, UserError
 from nas.ops.darts import OP_NAMES, DartsCell, FactorizedReduce, ReLUConvBN, is_identity, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 CELLS = ("normal", "reduce")
 STEM_MULTIPLIER = 3  # stem width = 3 C [model.py NetworkCIFAR]
@@ -230,7 +229,7 @@ class EEEASpace(SearchSpace):
 
     def build(self, arch: Arch) -> nn.Module:
         """Stem, L `DartsCell`s and the pool-linear head; every unit module is one that `unit` gives."""
-        self._check_own(arch)
+        self.check_own(arch)
         genotypes, concats = self._cell_types(arch.choices)
         mults = _multipliers(concats)
         stem, cells = self._layout
@@ -247,7 +246,7 @@ class EEEASpace(SearchSpace):
 
     def latency_keys(self, arch: Arch) -> list[str]:
         """Stem; per cell preprocess0, preprocess1 and each non-identity op, block by block; head."""
-        self._check_own(arch)
+        self.check_own(arch)
         genotypes, concats = self._cell_types(arch.choices)
         mults = _multipliers(concats)
         keys = [self._keys.stem]
@@ -256,21 +255,6 @@ class EEEASpace(SearchSpace):
             keys += [k for k in (table.ops[pair] for pair in genotypes[cell.kind]) if k is not None]
         keys.append(self._keys.head[mults[self._layout[1][-1].kind]])
         return keys
-
-    def all_latency_keys(self) -> list[str]:
-        """Every key of every arch at this config: each cell's preprocessing at every multiplier, ops, head."""
-        return sorted(self._units)
-
-    def unit(self, key: str) -> Unit:
-        """The module `build` uses for `key`, and its input shape (C, H, W)."""
-        entry = self._units.get(key)
-        if entry is None:
-            raise UserError(
-                f"{self.name}: {key!r} is not a latency key of this space at this config; "
-                f"see all_latency_keys() for the {len(self._units)} keys"
-            )
-        factory, input_shape = entry
-        return Unit(factory(), input_shape)
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Terms: the fixed stem part; per (cell type, block, slot) its op and input (at most 10 x 5
@@ -369,20 +353,8 @@ class EEEASpace(SearchSpace):
         return _enumerate_keys(self.config, *self._layout)
 
     @property
-    def _units(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
+    def unit_table(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
         return self._keys.units
-
-    def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or arch.config != self._config_dump:
-            raise UserError(
-                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
-                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
-            )
-
-    @cached_property
-    def _config_dump(self) -> dict:
-        return json.loads(canonical_json(self.config.model_dump()))
-
 
 def _multipliers(concats: Mapping[str, Sequence[int]]) -> dict[str, int]:
     """Output width over C of each producer: the stem's width is its own, a cell's is its concat's length."""

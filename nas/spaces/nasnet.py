@@ -38,7 +38,6 @@ package's self-describing strings; a strided or widening identity is timed under
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -49,11 +48,11 @@ import numpy as np
 from pydantic import Field, field_validator
 from torch import nn
 
-from nas.arch import Arch, Choice, canonical_json
+from nas.arch import Arch, Choice
 from nas.errors import NasError, UserError
 from nas.ops.nasnet import OPS, FactorizedReduction, Head, NASNet, NASNetCell, Stem, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 NORMAL, REDUCTION = "normal", "reduction"
 CELL_TYPES = (NORMAL, REDUCTION)
@@ -216,7 +215,7 @@ class NASNetSpace(SearchSpace):
 
     def build(self, arch: Arch) -> nn.Module:
         """A `NASNet` whose units are exactly the modules `unit` gives for `latency_keys(arch)`."""
-        units, layout, plan = self._units, self._layout, self._plan(arch)
+        units, layout, plan = self.unit_table, self._layout, self._plan(arch)
 
         def make(key: str | None) -> nn.Module | None:
             return None if key is None else units[key][0]()
@@ -236,19 +235,6 @@ class NASNetSpace(SearchSpace):
         for pre0, pre1, ops, project in plan.cells:
             keys += [k for k in (pre0, pre1, *ops, *project) if k is not None]
         return [*keys, plan.head]
-
-    def all_latency_keys(self) -> list[str]:
-        """Every key of every arch at this config: each op at each cell input, each possible input width."""
-        return sorted(self._units)
-
-    def unit(self, key: str) -> Unit:
-        """The module `build` uses for `key`, and its input shape (C, H, W)."""
-        entry = self._units.get(key)
-        if entry is None:
-            raise UserError(f"{self.name}: {key!r} is not a latency key of this space at this config; "
-                            f"see all_latency_keys() for the {len(self._units)} keys")
-        factory, shape = entry
-        return Unit(factory(), shape)
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Fixed units; per (cell type, block, side) its op on its input; per cell type the units that
@@ -320,7 +306,7 @@ class NASNetSpace(SearchSpace):
 
     def _plan(self, arch: Arch) -> _Plan:
         """Latency key (None: no module) of every unit of `arch`, per cell, plus wiring."""
-        self._check_own(arch)
+        self.check_own(arch)
         tables, cells = self._tables, self._layout.cells
         inputs = {kind: tuple(s for b in range(BLOCKS) for s in _pair(arch.choices[f"{kind}.b{b}.inputs"]))
                   for kind in CELL_TYPES}
@@ -337,17 +323,6 @@ class NASNetSpace(SearchSpace):
             planned.append((tables.pre0[k][width[cell.src0]], pre1, op_keys, project))
         return _Plan(tuple(planned), inputs, concat, tables.head[width[-1]])
 
-    def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or arch.config != self._config_dump:
-            raise UserError(
-                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
-                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
-            )
-
-    @cached_property
-    def _config_dump(self) -> dict:
-        return json.loads(canonical_json(self.config.model_dump()))
-
     @property
     def _stem_key(self) -> str:
         cfg, layout = self.config, self._layout
@@ -360,7 +335,7 @@ class NASNetSpace(SearchSpace):
         return _build_tables(self.config, self._layout, self._stem_key)
 
     @cached_property
-    def _units(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
+    def unit_table(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
         return self._tables.units
 
 

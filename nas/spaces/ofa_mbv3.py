@@ -30,7 +30,6 @@ self-describing format; feature maps follow ceil(H / stride) at any resolution >
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -41,11 +40,10 @@ import numpy as np
 from pydantic import Field
 from torch import nn
 
-from nas.arch import Arch, Choice, canonical_json
-from nas.errors import UserError
+from nas.arch import Arch, Choice
 from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 # OFA `base_stage_width`: stem, first block, five stages, final expand, feature mix.
 _STEM, _FIRST, _FINAL_EXPAND, _FEATURE_MIX = 16, 16, 960, 1280
@@ -185,27 +183,12 @@ class OFAMobileNetV3Space(SearchSpace):
 
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self._units
+        units = self.unit_table
         return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
 
     def latency_keys(self, arch: Arch) -> list[str]:
         """Stem, first block, every active slot, final expand conv and head (pool, feature mix, classifier)."""
         return [key for _, key in self._named_keys(arch)]
-
-    def all_latency_keys(self) -> list[str]:
-        """Every key at this config: per stage, its first slot and (shared by slots 2-4) a later slot, 9 ops each."""
-        return sorted(self._units)
-
-    def unit(self, key: str) -> Unit:
-        """The module `build` uses for `key`, and its input shape (C, H, W)."""
-        entry = self._units.get(key)
-        if entry is None:
-            raise UserError(
-                f"{self.name}: {key!r} is not a latency key of this space at resolution "
-                f"{self.config.resolution}; see all_latency_keys() for the {len(self._units)} keys"
-            )
-        factory, input_shape = entry
-        return Unit(factory(), input_shape)
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Fixed head and tail; slots 1-2 of a stage on (kernel, expand), slots 3-4 also on the stage depth."""
@@ -231,7 +214,7 @@ class OFAMobileNetV3Space(SearchSpace):
 
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
         """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self._check_own(arch)
+        self.check_own(arch)
         head, tail = self._fixed_keys
         named = list(head)
         for s, slots in enumerate(self._slot_keys, 1):
@@ -254,17 +237,6 @@ class OFAMobileNetV3Space(SearchSpace):
         return ([("stem", self._stem_key), ("first", self._layout.first.key(3, 1))],
                 [("final_expand", self._final_expand_key), ("head", self._head_key)])
 
-    def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or arch.config != self._config_dump:
-            raise UserError(
-                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
-                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
-            )
-
-    @cached_property
-    def _config_dump(self) -> dict:
-        return json.loads(canonical_json(self.config.model_dump()))
-
     @property
     def _stem_key(self) -> str:
         first = self._layout.first
@@ -282,7 +254,7 @@ class OFAMobileNetV3Space(SearchSpace):
                 f"-mix{layout.feature_mix_width}-out{self.config.num_classes}")
 
     @cached_property
-    def _units(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]]:
+    def unit_table(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]]:
         """Latency key -> (module factory, input shape (C, H, W)) for every unit of the space."""
         cfg, layout = self.config, self._layout
         last, r = layout.last, cfg.resolution

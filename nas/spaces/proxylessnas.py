@@ -21,7 +21,6 @@ ceil(H / stride) at any resolution >= 32 instead of starting from 112.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,11 +30,10 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from nas.arch import Arch, canonical_json
-from nas.errors import UserError
+from nas.arch import Arch
 from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 # Search-script defaults [search/imagenet_arch_search.py]: (width, blocks, stride) per stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -153,10 +151,6 @@ class ProxylessNASSpace(SearchSpace):
     def _layout(self) -> _Layout:
         return _layout(self.config)
 
-    @cached_property
-    def _config_json(self) -> str:
-        return canonical_json(self.config.model_dump())
-
     def decisions(self) -> list[Decision]:
         """`s{stage}.b{block}.op` in network order; `zero` only where the block can be skipped."""
         ops = tuple(_OPS)
@@ -164,27 +158,12 @@ class ProxylessNASSpace(SearchSpace):
 
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self._units
+        units = self.unit_table
         return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
 
     def latency_keys(self, arch: Arch) -> list[str]:
         """Stem, first block, every non-zero searchable block, feature mix and head."""
         return [key for _, key in self._named_keys(arch)]
-
-    def all_latency_keys(self) -> list[str]:
-        """Every key of every arch at this config: each block position with each of its ops."""
-        return sorted(self._units)
-
-    def unit(self, key: str) -> Unit:
-        """The module `build` uses for `key`, and its input shape (C, H, W)."""
-        entry = self._units.get(key)
-        if entry is None:
-            raise UserError(
-                f"{self.name}: {key!r} is not a latency key of this space at resolution "
-                f"{self.config.resolution}; see all_latency_keys() for the {len(self._units)} keys"
-            )
-        factory, input_shape = entry
-        return Unit(factory(), input_shape)
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Stem and first block (fixed), one term per searchable block (its op), feature mix and head."""
@@ -202,7 +181,7 @@ class ProxylessNASSpace(SearchSpace):
     # -- helpers ------------------------------------------------------------------
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
         """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self._check_own(arch)
+        self.check_own(arch)
         head, by_choice, tail = self._key_parts
         named = list(head)
         for decision, keys in by_choice:
@@ -223,17 +202,6 @@ class ProxylessNASSpace(SearchSpace):
             by_choice.append((f"{block.name}.op", {**keys, ZERO: None}))
         return head, by_choice, [("feature_mix", self._mix_key), ("head", self._head_key)]
 
-    def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or arch.config != self._config_dump:
-            raise UserError(
-                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
-                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
-            )
-
-    @cached_property
-    def _config_dump(self) -> dict:
-        return json.loads(self._config_json)
-
     @property
     def _stem_key(self) -> str:
         r, first = self.config.resolution, self._layout.first
@@ -249,7 +217,7 @@ class ProxylessNASSpace(SearchSpace):
         return f"head-in{_hwc(self._layout.final_size, self._layout.mix_width)}-out{self.config.num_classes}"
 
     @cached_property
-    def _units(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]]:
+    def unit_table(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]]:
         """Latency key -> (module factory, input shape (C, H, W)) for every unit of the space."""
         cfg, layout = self.config, self._layout
         last, size, r = layout.blocks[-1].out_channels, layout.final_size, cfg.resolution

@@ -26,7 +26,6 @@ resolution >= 32.
 
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,11 +35,10 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from nas.arch import Arch, canonical_json
-from nas.errors import UserError
+from nas.arch import Arch
 from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 # [supernet_macro.py single_path_search]: (width, layers, first-layer stride) per searchable stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2))
@@ -154,27 +152,12 @@ class SinglePathSpace(SearchSpace):
 
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self._units
+        units = self.unit_table
         return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
 
     def latency_keys(self, arch: Arch) -> list[str]:
         """Stem, first layer, every non-skipped searchable layer, last layer, head conv and classifier."""
         return [key for _, key in self._named_keys(arch)]
-
-    def all_latency_keys(self) -> list[str]:
-        """Every key of every arch at this config: the fixed units and each layer with each of its ops."""
-        return sorted(self._units)
-
-    def unit(self, key: str) -> Unit:
-        """The module `build` uses for `key`, and its input shape (C, H, W)."""
-        entry = self._units.get(key)
-        if entry is None:
-            raise UserError(
-                f"{self.name}: {key!r} is not a latency key of this space at resolution "
-                f"{self.config.resolution}; see all_latency_keys() for the {len(self._units)} keys"
-            )
-        factory, input_shape = entry
-        return Unit(factory(), input_shape)
 
     def latency_terms(self) -> list[LatencyTerm]:
         """The fixed front (stem, first layer), one term per searchable layer (its op), the fixed back."""
@@ -192,7 +175,7 @@ class SinglePathSpace(SearchSpace):
     # -- helpers ------------------------------------------------------------------
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
         """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self._check_own(arch)
+        self.check_own(arch)
         front, by_choice, back = self._key_parts
         named = list(front)
         for decision, table in by_choice:
@@ -216,17 +199,6 @@ class SinglePathSpace(SearchSpace):
         back = [("last", layout.last.key(3, 6)), ("head_conv", self._head_conv_key), ("classifier", self._fc_key)]
         return front, by_choice, back
 
-    def _check_own(self, arch: Arch) -> None:
-        if arch.space != self.name or arch.config != self._config_dump:
-            raise UserError(
-                f"{self.name}: arch {arch.short_hash} belongs to space {arch.space!r} at config "
-                f"{canonical_json(dict(arch.config))}, not this one; use nas.space.space_of(arch)"
-            )
-
-    @cached_property
-    def _config_dump(self) -> dict:
-        return json.loads(canonical_json(self.config.model_dump()))
-
     @property
     def _stem_key(self) -> str:
         first = self._layout.first
@@ -243,7 +215,7 @@ class SinglePathSpace(SearchSpace):
         return f"head-in{_hwc(size, self.config.head_width)}-out{self.config.num_classes}"
 
     @cached_property
-    def _units(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
+    def unit_table(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
         """Latency key -> (module factory, input shape (C, H, W)) for every unit of the space."""
         cfg, layout = self.config, self._layout
         r, last, head = cfg.resolution, layout.last, cfg.head_width

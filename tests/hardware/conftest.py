@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import pytest
 from torch import nn
 
 from nas.arch import Arch
 from nas.hardware.timers import CpuTimer
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, Unit
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
 
 
 class FakeConfig(SpaceConfig):
@@ -39,9 +41,6 @@ class FakeSpace(SearchSpace):
         ops = [arch.choices[f"b{i}.op"] for i in range(1, 5)]
         return [keys["stem"], *(keys[op] for op in ops if op != "skip"), keys["head"]]
 
-    def all_latency_keys(self) -> list[str]:
-        return sorted(self._keys().values())
-
     def latency_terms(self) -> list[LatencyTerm]:
         keys = self._keys()
 
@@ -52,19 +51,22 @@ class FakeSpace(SearchSpace):
                 *(LatencyTerm((f"b{i}.op",), block) for i in range(1, 5)),
                 LatencyTerm((), lambda _: (keys["head"],))]
 
-    def unit(self, key: str) -> Unit:
+    @property
+    def unit_table(self) -> dict:
         r, w, n = self.config.resolution, self.config.width, self.config.num_classes
-        names = {v: k for k, v in self._keys().items()}
-        kind = names[key]
-        if kind == "stem":
-            return Unit(nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU()), (3, r, r))
-        if kind == "head":
-            return Unit(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, n)), (w, r, r))
-        k = int(kind[1])
-        return Unit(nn.Sequential(nn.Conv2d(w, w, k, padding=k // 2), nn.ReLU()), (w, r, r))
+        keys = self._keys()
+        return {
+            keys["stem"]: (lambda: nn.Sequential(nn.Conv2d(3, w, 3, padding=1), nn.ReLU()), (3, r, r)),
+            keys["head"]: (lambda: nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(w, n)), (w, r, r)),
+            **{keys[f"k{k}"]: (partial(_conv, w, k), (w, r, r)) for k in (3, 5)},
+        }
 
     def build(self, arch: Arch) -> nn.Module:
         return nn.Sequential(*(self.unit(k).module for k in self.latency_keys(arch)))
+
+
+def _conv(width: int, k: int) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(width, width, k, padding=k // 2), nn.ReLU())
 
 
 @pytest.fixture
