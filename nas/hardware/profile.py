@@ -13,7 +13,8 @@ relative errors (so small and large archs count alike):
 2. one relative deviation `z_k >= -1` per key, ridge-penalised toward 0, on the
    residuals: x_k = s * p_k * (1 + z_k), so a key seen in no fit arch keeps its
    scaled isolated timing. The ridge weight is chosen by 5-fold cross-validation on
-   the fit set only (including "no stage 2").
+   the fit set only (including "no stage 2"), with the one-standard-error rule: the
+   strongest penalty whose CV error is within one standard error of the lowest.
 
 The validation archs are drawn from another seed stream and never overlap the fit
 archs. Validation compares predictions with the mean of two independent end-to-end
@@ -217,15 +218,23 @@ def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
                 continue
             c, x = _fit_two_stage(a[train], p, t[train], lam)
             errors.extend(np.abs(c + a[test] @ x - t[test]) / t[test])
-        cv[lam] = float(np.mean(errors)) if errors else float("inf")
-    best = min(cv, key=lambda lam: (cv[lam], -lam))
+        cv[lam] = np.array(errors)
+    if not len(cv[_RIDGE_GRID[0]]):
+        best = float("inf")
+    else:
+        # One-standard-error rule: the strongest penalty whose CV error is within one standard error of the
+        # lowest, since per-key freedom that CV cannot tell from noise costs rank accuracy on new archs.
+        lowest = min(cv, key=lambda lam: cv[lam].mean())
+        bar = cv[lowest].mean() + cv[lowest].std(ddof=1) / np.sqrt(len(cv[lowest]))
+        best = max(lam for lam in _RIDGE_GRID if cv[lam].mean() <= bar)
     c, x = _fit_two_stage(a, p, t, best)
     scale = _fit_stage1(a, p, t)[1]
     return Correction(
         method="ridge",
         intercept_ms=float(c),
         entries={k: float(v) for k, v in zip(keys, x, strict=True)},
-        params={"scale": _round(scale), "ridge": float(best), "cv_mape": _round(cv[best] * 100)},
+        params={"scale": _round(scale), "ridge": float(best),
+                "cv_mape": _round(cv[best].mean() * 100) if len(cv[best]) else None},
     )
 
 
