@@ -55,6 +55,11 @@ def make_divisible(v: float, divisor: int = 8, min_value: int | None = None) -> 
     return rounded
 
 
+def conv_out_size(size: int, stride: int) -> int:
+    """Output size of a conv with padding k//2 and odd k: ceil(size / stride)."""
+    return -(-size // stride)
+
+
 class ConvBNAct(nn.Sequential):
     """Bias-free conv (padding k//2) followed by batch norm and an optional activation.
 

@@ -45,7 +45,7 @@ from nas.arch import Arch, Choice
 from nas.errors import NasError, UserError
 from nas.ops.darts import OP_NAMES, DartsCell, FactorizedReduce, ReLUConvBN, is_identity, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
 
 CELLS = ("normal", "reduce")
 STEM_MULTIPLIER = 3  # stem width = 3 C [model.py NetworkCIFAR]
@@ -74,10 +74,6 @@ class EEEAConfig(SpaceConfig):
             bad = unknown[0] if unknown else "a repeated op"
             raise ValueError(f"{bad!r} is not allowed; give distinct ops from {', '.join(OP_NAMES)}")
         return ops
-
-
-def _hwc(size: int, channels: int) -> str:
-    return f"{size}x{size}x{channels}"
 
 
 @dataclass(frozen=True)
@@ -170,7 +166,7 @@ def _enumerate_keys(config: EEEAConfig, stem: _Source, cells: Sequence[_Cell]) -
         for m in range(1, 2) if src.kind == "stem" else mults:
             width = src.channels * m
             factory = partial(FactorizedReduce if reduce else ReLUConvBN, width, cell.channels)
-            key = f"{name}-in{_hwc(src.size, width)}-out{_hwc(cell.in_size, cell.channels)}"
+            key = f"{name}-in{hwc(src.size, width)}-out{hwc(cell.in_size, cell.channels)}"
             out[m] = add(key, factory, (width, src.size, src.size))
         return out
 
@@ -179,10 +175,10 @@ def _enumerate_keys(config: EEEAConfig, stem: _Source, cells: Sequence[_Cell]) -
         if is_identity(name, stride):
             return None
         size = cell.in_size if index < 2 else cell.out_size  # states 0 and 1 are the cell inputs
-        key = f"{name}-in{_hwc(size, c)}-out{_hwc(size // stride, c)}-s{stride}"
+        key = f"{name}-in{hwc(size, c)}-out{hwc(size // stride, c)}-s{stride}"
         return add(key, partial(make_op, name, c, stride), (c, size, size))
 
-    stem_key = add(f"stem-in{_hwc(r, 3)}-out{_hwc(r, stem.channels)}", partial(_stem, stem.channels), (3, r, r))
+    stem_key = add(f"stem-in{hwc(r, 3)}-out{hwc(r, stem.channels)}", partial(_stem, stem.channels), (3, r, r))
     tables = tuple(
         # Block i reads states 0..i, so input indices run to B - 1.
         _CellKeys(pre(cell, cell.s0), pre(cell, cell.s1),
@@ -192,7 +188,7 @@ def _enumerate_keys(config: EEEAConfig, stem: _Source, cells: Sequence[_Cell]) -
     last, head = cells[-1], {}
     for m in mults:
         width, size = last.channels * m, last.out_size
-        key = f"head-in{_hwc(size, width)}-out{config.num_classes}"
+        key = f"head-in{hwc(size, width)}-out{config.num_classes}"
         head[m] = add(key, partial(_head, width, config.num_classes), (width, size, size))
     return _Keys(stem_key, tables, head, units)
 

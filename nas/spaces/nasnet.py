@@ -52,7 +52,7 @@ from nas.arch import Arch, Choice
 from nas.errors import NasError, UserError
 from nas.ops.nasnet import OPS, FactorizedReduction, Head, NASNet, NASNetCell, Stem, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
 
 NORMAL, REDUCTION = "normal", "reduction"
 CELL_TYPES = (NORMAL, REDUCTION)
@@ -97,10 +97,6 @@ def _pair(token: Choice) -> tuple[int, int]:
     """The two hidden states of an `inputs` choice: "0+3" -> (0, 3)."""
     first, second = str(token).split("+")
     return int(first), int(second)
-
-
-def _hwc(size: int, channels: int) -> str:
-    return f"{size}x{size}x{channels}"
 
 
 def _half(size: int) -> int:
@@ -327,7 +323,7 @@ class NASNetSpace(SearchSpace):
     def _stem_key(self) -> str:
         cfg, layout = self.config, self._layout
         r = cfg.resolution
-        return f"stem_{cfg.stem}-in{_hwc(r, 3)}-out{_hwc(layout.stem_size, layout.stem_width)}"
+        return f"stem_{cfg.stem}-in{hwc(r, 3)}-out{hwc(layout.stem_size, layout.stem_width)}"
 
     @cached_property
     def _tables(self) -> _Tables:
@@ -379,12 +375,12 @@ class _Keys:
                 return None
             token = "conv_1x1"  # the same ReLU-1x1-BN module [nasnet_utils._apply_conv_operation 'none']
         out = _half(size) if stride == 2 else size
-        key = f"{token}-in{_hwc(size, c_in)}-out{_hwc(out, c_out)}-s{stride}"
+        key = f"{token}-in{hwc(size, c_in)}-out{hwc(out, c_out)}-s{stride}"
         return self.add(key, partial(make_op, token, c_in, c_out, stride), c_in, size)
 
     def reduce(self, c_in: int, size: int, c_out: int, stride: int, relu: bool) -> str:
         name = "factorized_reduce" if relu else "concat_reduce"
-        key = f"{name}-in{_hwc(size, c_in)}-out{_hwc(_half(size) if stride == 2 else size, c_out)}-s{stride}"
+        key = f"{name}-in{hwc(size, c_in)}-out{hwc(_half(size) if stride == 2 else size, c_out)}-s{stride}"
         return self.add(key, partial(FactorizedReduction, c_in, c_out, stride, relu), c_in, size)
 
 
@@ -421,7 +417,7 @@ def _build_tables(cfg: NASNetConfig, layout: _Layout, stem: str) -> _Tables:
 
     pre0, pre1, ops, project = zip(*(_cell_tables(keys, cfg, layout, c, widths) for c in cells), strict=True)
     last = cells[-1]
-    head = {w: keys.add(f"head-in{_hwc(last.out_size, w)}-out{cfg.num_classes}",
+    head = {w: keys.add(f"head-in{hwc(last.out_size, w)}-out{cfg.num_classes}",
                         partial(Head, w, cfg.num_classes, cfg.dropout), w, last.out_size) for w in widths(len(cells))}
     fixed = [stem]
     for k, cell in enumerate(cells):

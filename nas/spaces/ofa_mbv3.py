@@ -41,9 +41,9 @@ from pydantic import Field
 from torch import nn
 
 from nas.arch import Arch, Choice
-from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
+from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
+from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
 
 # OFA `base_stage_width`: stem, first block, five stages, final expand, feature mix.
 _STEM, _FIRST, _FINAL_EXPAND, _FEATURE_MIX = 16, 16, 960, 1280
@@ -69,15 +69,6 @@ class OFAMobileNetV3Config(SpaceConfig):
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 
-def _conv_out(size: int, stride: int) -> int:
-    """Output size of a conv with padding k//2 and odd k: ceil(size / stride)."""
-    return -(-size // stride)
-
-
-def _hwc(size: int, channels: int) -> str:
-    return f"{size}x{size}x{channels}"
-
-
 @dataclass(frozen=True)
 class _Block:
     """One MBConv position: the fixed first block or slot `s{stage}.b{slot}`."""
@@ -92,7 +83,7 @@ class _Block:
 
     @property
     def out_size(self) -> int:
-        return _conv_out(self.in_size, self.stride)
+        return conv_out_size(self.in_size, self.stride)
 
     @property
     def residual(self) -> bool:
@@ -101,7 +92,7 @@ class _Block:
     def key(self, kernel: int, expand: int) -> str:
         se, res = "-se" if self.has_se else "", "-res" if self.residual else ""
         return (
-            f"mbconv-in{_hwc(self.in_size, self.in_channels)}-out{_hwc(self.out_size, self.out_channels)}"
+            f"mbconv-in{hwc(self.in_size, self.in_channels)}-out{hwc(self.out_size, self.out_channels)}"
             f"-k{kernel}-e{expand}-s{self.stride}-{self.act}{se}{res}"
         )
 
@@ -136,7 +127,7 @@ def _layout(config: OFAMobileNetV3Config) -> _Layout:
         return make_divisible(base * config.width_mult)
 
     stem = width(_STEM)
-    size = _conv_out(config.resolution, 2)
+    size = conv_out_size(config.resolution, 2)
     first = _Block("first", stem, width(_FIRST), 1, size, "relu", has_se=False)
     channels, stages = first.out_channels, []
     for s, (base, stage_stride, act, has_se) in enumerate(_STAGES, 1):
@@ -240,17 +231,17 @@ class OFAMobileNetV3Space(SearchSpace):
     @property
     def _stem_key(self) -> str:
         first = self._layout.first
-        return f"stem-in{_hwc(self.config.resolution, 3)}-out{_hwc(first.in_size, first.in_channels)}-hswish"
+        return f"stem-in{hwc(self.config.resolution, 3)}-out{hwc(first.in_size, first.in_channels)}-hswish"
 
     @property
     def _final_expand_key(self) -> str:
         last, width = self._layout.last, self._layout.final_expand_width
-        return f"conv1x1-in{_hwc(last.out_size, last.out_channels)}-out{_hwc(last.out_size, width)}-hswish"
+        return f"conv1x1-in{hwc(last.out_size, last.out_channels)}-out{hwc(last.out_size, width)}-hswish"
 
     @property
     def _head_key(self) -> str:
         layout = self._layout
-        return (f"head-in{_hwc(layout.last.out_size, layout.final_expand_width)}"
+        return (f"head-in{hwc(layout.last.out_size, layout.final_expand_width)}"
                 f"-mix{layout.feature_mix_width}-out{self.config.num_classes}")
 
     @cached_property

@@ -30,10 +30,9 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from nas.arch import Arch
-from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
+from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
+from nas.space import ChainSpace, Decision, SpaceConfig, hwc
 
 # Search-script defaults [search/imagenet_arch_search.py]: (width, blocks, stride) per stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -65,15 +64,6 @@ class ProxylessNASConfig(SpaceConfig):
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 
-def _conv_out(size: int, stride: int) -> int:
-    """Output size of a conv with padding k//2 and odd k: ceil(size / stride)."""
-    return -(-size // stride)
-
-
-def _hwc(size: int, channels: int) -> str:
-    return f"{size}x{size}x{channels}"
-
-
 @dataclass(frozen=True)
 class _Block:
     """One MBConv position: the fixed first block or a searchable block `s{stage}.b{block}`."""
@@ -87,12 +77,12 @@ class _Block:
 
     @property
     def out_size(self) -> int:
-        return _conv_out(self.in_size, self.stride)
+        return conv_out_size(self.in_size, self.stride)
 
     def key(self, expand: int, kernel: int) -> str:
         res = "-res" if self.residual else ""
         return (
-            f"mbconv-in{_hwc(self.in_size, self.in_channels)}-out{_hwc(self.out_size, self.out_channels)}"
+            f"mbconv-in{hwc(self.in_size, self.in_channels)}-out{hwc(self.out_size, self.out_channels)}"
             f"-k{kernel}-e{expand}-s{self.stride}{res}"
         )
 
@@ -126,7 +116,7 @@ def _layout(config: ProxylessNASConfig) -> _Layout:
     stage_widths = config.stage_widths or tuple(make_divisible(w * mult) for w, _, _ in _STAGES)
     mix_width = config.feature_mix_width or (make_divisible(1280 * mult) if mult > 1.0 else 1280)
     stem_width = width(config.stem_width, 32)
-    size = _conv_out(config.resolution, 2)
+    size = conv_out_size(config.resolution, 2)
     first = _Block("first", stem_width, width(config.first_block_width, 16), 1, size, residual=False)
     blocks, channels = [], first.out_channels
     for s, (out, (_, depth, stage_stride)) in enumerate(zip(stage_widths, _STAGES, strict=True), 1):
@@ -140,7 +130,7 @@ def _layout(config: ProxylessNASConfig) -> _Layout:
 
 
 @SPACES.register("proxylessnas")
-class ProxylessNASSpace(SearchSpace):
+class ProxylessNASSpace(ChainSpace):
     """ProxylessNAS: 21 searchable MBConv blocks (15 skippable), 7^15 * 6^6 archs at default widths."""
 
     name = "proxylessnas"
@@ -156,42 +146,8 @@ class ProxylessNASSpace(SearchSpace):
         ops = tuple(_OPS)
         return [Decision(f"{b.name}.op", (*ops, ZERO) if b.residual else ops) for b in self._layout.blocks]
 
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """Stem, first block, every non-zero searchable block, feature mix and head."""
-        return [key for _, key in self._named_keys(arch)]
-
-    def latency_terms(self) -> list[LatencyTerm]:
-        """Stem and first block (fixed), one term per searchable block (its op), feature mix and head."""
-        head, by_choice, tail = self._key_parts
-
-        def fixed(named: list) -> LatencyTerm:
-            keys = tuple(key for _, key in named)
-            return LatencyTerm((), lambda _: keys)
-
-        def block(table: dict) -> Callable:
-            return lambda choices: () if table[choices[0]] is None else (table[choices[0]][1],)
-
-        return [fixed(head), *(LatencyTerm((d,), block(t)) for d, t in by_choice), fixed(tail)]
-
-    # -- helpers ------------------------------------------------------------------
-    def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self.check_own(arch)
-        head, by_choice, tail = self._key_parts
-        named = list(head)
-        for decision, keys in by_choice:
-            unit = keys[arch.choices[decision]]
-            if unit is not None:
-                named.append(unit)
-        return named + tail
-
     @cached_property
-    def _key_parts(self) -> tuple[list, list[tuple[str, dict]], list]:
+    def chain(self) -> tuple[list, list[tuple[str, dict]], list]:
         """Keys precomputed per block and choice, so pricing an arch is a few dict lookups."""
         layout = self._layout
         head = [("stem", self._stem_key), ("first", layout.first.key(1, 3))]
@@ -205,16 +161,16 @@ class ProxylessNASSpace(SearchSpace):
     @property
     def _stem_key(self) -> str:
         r, first = self.config.resolution, self._layout.first
-        return f"stem-in{_hwc(r, 3)}-out{_hwc(first.in_size, first.in_channels)}"
+        return f"stem-in{hwc(r, 3)}-out{hwc(first.in_size, first.in_channels)}"
 
     @property
     def _mix_key(self) -> str:
         size, last = self._layout.final_size, self._layout.blocks[-1].out_channels
-        return f"conv1x1-in{_hwc(size, last)}-out{_hwc(size, self._layout.mix_width)}"
+        return f"conv1x1-in{hwc(size, last)}-out{hwc(size, self._layout.mix_width)}"
 
     @property
     def _head_key(self) -> str:
-        return f"head-in{_hwc(self._layout.final_size, self._layout.mix_width)}-out{self.config.num_classes}"
+        return f"head-in{hwc(self._layout.final_size, self._layout.mix_width)}-out{self.config.num_classes}"
 
     @cached_property
     def unit_table(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int]]]:

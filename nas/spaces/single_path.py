@@ -35,10 +35,9 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
-from nas.arch import Arch
-from nas.ops.mbconv import ConvBNAct, MBConv, make_divisible
+from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig
+from nas.space import ChainSpace, Decision, SpaceConfig, hwc
 
 # [supernet_macro.py single_path_search]: (width, layers, first-layer stride) per searchable stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2))
@@ -60,15 +59,6 @@ class SinglePathConfig(SpaceConfig):
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 
-def _conv_out(size: int, stride: int) -> int:
-    """Output size of a conv with padding k//2 and odd k: ceil(size / stride)."""
-    return -(-size // stride)
-
-
-def _hwc(size: int, channels: int) -> str:
-    return f"{size}x{size}x{channels}"
-
-
 @dataclass(frozen=True)
 class _Layer:
     """One MBConv position: a fixed layer (`first`, `last`) or a searchable layer `s{stage}.b{block}`."""
@@ -83,7 +73,7 @@ class _Layer:
 
     @property
     def out_size(self) -> int:
-        return _conv_out(self.in_size, self.stride)
+        return conv_out_size(self.in_size, self.stride)
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
@@ -92,7 +82,7 @@ class _Layer:
     def key(self, kernel: int, expand: int) -> str:
         res = "-res" if self.residual else ""
         return (
-            f"mbconv-in{_hwc(self.in_size, self.in_channels)}-out{_hwc(self.out_size, self.out_channels)}"
+            f"mbconv-in{hwc(self.in_size, self.in_channels)}-out{hwc(self.out_size, self.out_channels)}"
             f"-k{kernel}-e{expand}-s{self.stride}{res}"
         )
 
@@ -118,7 +108,7 @@ def _layout(config: SinglePathConfig) -> _Layout:
     def width(base: int) -> int:
         return make_divisible(base * config.width_mult)
 
-    size = _conv_out(config.resolution, 2)
+    size = conv_out_size(config.resolution, 2)
     # Blocks 0 and 21 are "noskip" in the reference: no shortcut even where widths would allow one.
     first = _Layer("first", width(_STEM), width(_FIRST), 1, size, residual=False, skippable=False)
     layers, channels = [], first.out_channels
@@ -128,13 +118,13 @@ def _layout(config: SinglePathConfig) -> _Layout:
             stride = stage_stride if b == 1 else 1
             residual = stride == 1 and channels == out
             layers.append(_Layer(f"s{s}.b{b}", channels, out, stride, size, residual, skippable=b > 1))
-            size, channels = _conv_out(size, stride), out
+            size, channels = conv_out_size(size, stride), out
     last = _Layer("last", channels, width(_LAST), 1, size, residual=False, skippable=False)
     return _Layout(first.in_channels, first, tuple(layers), last)
 
 
 @SPACES.register("single_path")
-class SinglePathSpace(SearchSpace):
+class SinglePathSpace(ChainSpace):
     """Single-Path NAS: 20 searchable MBConv layers (15 skippable), 5^15 * 4^5 archs."""
 
     name = "single_path"
@@ -150,42 +140,8 @@ class SinglePathSpace(SearchSpace):
         ops = tuple(_OPS)
         return [Decision(f"{x.name}.op", (*ops, SKIP) if x.skippable else ops) for x in self._layout.layers]
 
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """Stem, first layer, every non-skipped searchable layer, last layer, head conv and classifier."""
-        return [key for _, key in self._named_keys(arch)]
-
-    def latency_terms(self) -> list[LatencyTerm]:
-        """The fixed front (stem, first layer), one term per searchable layer (its op), the fixed back."""
-        front, by_choice, back = self._key_parts
-
-        def fixed(named: list[tuple[str, str]]) -> LatencyTerm:
-            keys = tuple(key for _, key in named)
-            return LatencyTerm((), lambda _: keys)
-
-        def layer(table: dict[str, tuple[str, str] | None]) -> Callable:
-            return lambda choices: () if table[choices[0]] is None else (table[choices[0]][1],)
-
-        return [fixed(front), *(LatencyTerm((d,), layer(t)) for d, t in by_choice), fixed(back)]
-
-    # -- helpers ------------------------------------------------------------------
-    def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self.check_own(arch)
-        front, by_choice, back = self._key_parts
-        named = list(front)
-        for decision, table in by_choice:
-            unit = table[arch.choices[decision]]
-            if unit is not None:
-                named.append(unit)
-        return named + back
-
     @cached_property
-    def _key_parts(self) -> tuple[list, list[tuple[str, dict]], list]:
+    def chain(self) -> tuple[list, list[tuple[str, dict]], list]:
         """Keys precomputed per layer and choice, so pricing an arch is a few dict lookups."""
         layout = self._layout
         front = [("stem", self._stem_key), ("first", layout.first.key(3, 1))]
@@ -202,17 +158,17 @@ class SinglePathSpace(SearchSpace):
     @property
     def _stem_key(self) -> str:
         first = self._layout.first
-        return f"stem-in{_hwc(self.config.resolution, 3)}-out{_hwc(first.in_size, first.in_channels)}"
+        return f"stem-in{hwc(self.config.resolution, 3)}-out{hwc(first.in_size, first.in_channels)}"
 
     @property
     def _head_conv_key(self) -> str:
         last, head = self._layout.last, self.config.head_width
-        return f"conv1x1-in{_hwc(last.out_size, last.out_channels)}-out{_hwc(last.out_size, head)}"
+        return f"conv1x1-in{hwc(last.out_size, last.out_channels)}-out{hwc(last.out_size, head)}"
 
     @property
     def _fc_key(self) -> str:
         size = self._layout.last.out_size
-        return f"head-in{_hwc(size, self.config.head_width)}-out{self.config.num_classes}"
+        return f"head-in{hwc(size, self.config.head_width)}-out{self.config.num_classes}"
 
     @cached_property
     def unit_table(self) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]]:
