@@ -9,17 +9,29 @@ machine - so the default correction, `fit_ridge`, keeps prediction a sum over ke
 plus one intercept and fits it in two stages, both by bounded least squares on
 relative errors (so small and large archs count alike):
 
-1. a non-negative intercept `c` and scale `s` over the naive sum: t ~ c + s * sum(p_k);
+1. an intercept `c` and non-negative weights of three features of each key: its
+   isolated timing p_k, its parameters w_k and its MACs m_k (millions):
+   t ~ c + sum_k (s * p_k + beta * w_k + gamma * m_k). Isolation hides what a unit
+   costs inside a network: in isolation its weights stay in L1/L2, in a network they
+   come from the last-level cache, so the weight term carries the cost of reading
+   them. The intercept may be negative (see `_fit_stage1`). On ONNX Runtime at 32x32,
+   where a network reads 8-13 MB of weights in half a millisecond, this stage alone
+   took the cross-validated error from 7.5% (intercept and scale) to 2.8%;
 2. one relative deviation `z_k >= -1` per key, ridge-penalised toward 0, on the
-   residuals: x_k = s * p_k * (1 + z_k), so a key seen in no fit arch keeps its
-   scaled isolated timing. The ridge weight is chosen by 5-fold cross-validation on
+   residuals: x_k = base_k * (1 + z_k), so a key seen in no fit arch keeps its
+   stage-1 cost. The ridge weight is chosen by 5-fold cross-validation on
    the fit set only (including "no stage 2"), with the one-standard-error rule: the
    strongest penalty whose CV error is within one standard error of the lowest.
 
-The validation archs are drawn from another seed stream and never overlap the fit
-archs. Validation compares predictions with the mean of two independent end-to-end
-timings; the noise figure is the median relative difference between those two.
-`correct` is a parameter: any function from (prior, rows) to a `Correction` works.
+Units are timed against the timer's small unit reference; every end-to-end timing (fit
+and validation) against one fixed random arch of the space (a third seed stream), whose
+network reads its weights from the same caches as the archs it normalises (see
+`nas.hardware.timers`). The validation archs are drawn from another seed stream and
+never overlap the fit archs. Validation compares predictions with the mean of two
+independent end-to-end timings; the noise figure is the median relative difference between those two.
+`correct` is a parameter: any function from (entries, rows) to a `Correction` works. A
+table keeps the fit timings (`Correction.fit_ms`), so `refit` tries another correction
+on the same measurements without timing anything.
 """
 
 from __future__ import annotations
@@ -35,8 +47,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from nas.errors import NasError, UserError
+from nas.evaluate.metrics import count_macs, count_params
 from nas.hardware.table import Correction, Entry, Figures, LatencyTable, Metadata, Report, TableFile
-from nas.hardware.timers import Timer
+from nas.hardware.timers import Reference, Timer
 
 if TYPE_CHECKING:
     from nas.arch import Arch
@@ -48,7 +61,7 @@ Progress = Callable[[str, int, int], None]
 """Called as progress(stage, done, total); stages: units, fit, validate."""
 Row = tuple[Sequence[str], float]
 """The latency keys of one arch and its measured end-to-end latency in ms."""
-CorrectionFn = Callable[[Mapping[str, float], Sequence[Row]], Correction]
+CorrectionFn = Callable[[Mapping[str, Entry], Sequence[Row]], Correction]
 
 BAR = {"within_10": 0.95, "spearman": 0.95}
 _RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, float("inf"))
@@ -86,26 +99,24 @@ def profile(
     for i, key in enumerate(keys):
         unit = space.unit(key)
         timing = timer.time(unit.module, unit.input_shape)
-        entries[key] = Entry(mean=_round(timing.mean_ms), std=_round(timing.std_ms), count=timing.count)
+        entries[key] = Entry(mean=_round(timing.mean_ms), std=_round(timing.std_ms), count=timing.count,
+                             params=count_params(unit.module), macs=count_macs(unit.module, unit.input_shape))
         _tick(progress, "units", i + 1, len(keys))
     log.info("timed %d units of %s on %s", len(keys), space.name, timer.device_id)
-    table = LatencyTable(TableFile(metadata=_metadata(space, timer), entries=entries))
+    reference_arch = space.sample(np.random.default_rng([seed, 2]))
+    reference = _network_reference(space, timer, reference_arch)
+    table = LatencyTable(TableFile(metadata=_metadata(space, timer, reference_arch, reference), entries=entries))
 
     fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set()) if n_fit > 0 else []
     archs = _draw(space, np.random.default_rng([seed, 1]), n_validate, {a.hash for a in fit_archs})
     both = [a for pair in itertools.zip_longest(fit_archs, archs) for a in pair if a is not None]
-    timed = dict(zip((a.hash for a in both), _time_archs(space, timer, both, progress, "archs"), strict=True))
+    timed = dict(zip((a.hash for a in both), _time_archs(space, timer, both, progress, "archs", reference),
+                     strict=True))
     if fit_archs:
-        rows = [(space.latency_keys(a), timed[a.hash]) for a in fit_archs]
-        fitted = (correct or fit_ridge)({k: e.mean for k, e in entries.items()}, rows)
-        fitted = fitted.model_copy(update={
-            "intercept_ms": _round(fitted.intercept_ms),
-            "entries": {k: _round(v) for k, v in fitted.entries.items()},
-            "params": {**fitted.params, "seed": seed, "n_fit": n_fit},
-        })
-        table = table.replace(correction=fitted)
+        rows = [(space.latency_keys(a), _round(timed[a.hash])) for a in fit_archs]  # as stored, for refit
+        table = table.replace(correction=_stored_correction((correct or fit_ridge)(entries, rows), seed, n_fit))
     first = np.array([timed[a.hash] for a in archs])
-    report = _validation(table, space, timer, archs, seed, progress, first)
+    report = _validation(table, space, timer, archs, seed, progress, reference, first)
     table = table.replace(validation=report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)}))
     table.save(out_path)
     return table
@@ -137,28 +148,68 @@ def validate(
     params = table.correction.params if table.correction else {}
     if seed is None:
         seed = params.get("seed", 0)
-    if timer.reference and "reference_ms" in table.metadata.protocol:
-        timer.reference_ms = table.metadata.protocol["reference_ms"]  # the table's scale, not a new one
+    protocol = table.metadata.protocol
+    if timer.reference and "reference_ms" in protocol:
+        timer.reference_ms = protocol["reference_ms"]  # the table's scale, not a new one
+    reference = None
+    if timer.reference and "network_reference" in protocol:
+        stored = protocol["network_reference"]
+        reference = _network_reference(space, timer, space.make_arch(stored["choices"]), stored["ms"])
     started = time.perf_counter()
     fit_hashes = set()
     if params.get("n_fit"):
         fit_hashes = {a.hash for a in _draw(space, np.random.default_rng([params["seed"], 0]), params["n_fit"], set())}
     archs = _draw(space, np.random.default_rng([seed, 1]), n, fit_hashes)
-    report = _validation(table, space, timer, archs, seed, progress)
+    report = _validation(table, space, timer, archs, seed, progress, reference)
     report = report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)})
     table.replace(validation=report).save(target)
     return report.model_dump()
 
 
+def refit(table: LatencyTable, space: SearchSpace, correct: CorrectionFn | None = None) -> LatencyTable:
+    """`table` with its correction refitted by `correct` on its stored fit timings, and its report re-scored.
+
+    Nothing is timed: the fit and validation archs are drawn again from the table's seed, and
+    the validation's measured latencies and noise are kept. The result is not saved.
+    """
+    fitted, report = table.correction, table.validation
+    if fitted is None or not fitted.fit_ms or report is None or not report.points:
+        raise UserError(f"{table.source}: refit needs a table with stored fit timings and validation points; "
+                        f"profile it again")
+    seed, n_fit = fitted.params["seed"], fitted.params["n_fit"]
+    fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set())
+    rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, fitted.fit_ms, strict=True)]
+    table = table.replace(correction=_stored_correction((correct or fit_ridge)(table.data.entries, rows), seed, n_fit))
+    archs = _draw(space, np.random.default_rng([report.seed, 1]), report.n_archs, {a.hash for a in fit_archs})
+    keys = [space.latency_keys(a) for a in archs]
+    measured = np.array([m for m, _, _ in report.points])
+    corrected = np.array([table.predict_keys(k) for k in keys])
+    figures = _figures(corrected, measured)
+    return table.replace(validation=report.model_copy(update={
+        **figures.model_dump(),
+        "passes": figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
+        "points": [(m, _round(c), v) for (m, _, v), c in zip(report.points, corrected, strict=True)],
+    }))
+
+
+def _stored_correction(fitted: Correction, seed: int, n_fit: int) -> Correction:
+    """`fitted` rounded for the table file, with the seed and size of its fit set."""
+    return fitted.model_copy(update={
+        "intercept_ms": _round(fitted.intercept_ms),
+        "entries": {k: _round(v) for k, v in fitted.entries.items()},
+        "params": {**fitted.params, "seed": seed, "n_fit": n_fit},
+    })
+
+
 def _validation(
     table: LatencyTable, space: SearchSpace, timer: Timer, archs: list[Arch], seed: int,
-    progress: Progress | None, first: np.ndarray | None = None,
+    progress: Progress | None, reference: Reference | None, first: np.ndarray | None = None,
 ) -> Report:
     """Time held-out `archs` (again, when a `first` timing is given) and score the corrected and naive tables."""
     n = len(archs)
     if first is None:
-        first = _time_archs(space, timer, archs, progress, "validate")
-    second = _time_archs(space, timer, archs[::-1], progress, "validate again")[::-1]
+        first = _time_archs(space, timer, archs, progress, "validate", reference)
+    second = _time_archs(space, timer, archs[::-1], progress, "validate again", reference)[::-1]
     measured = (first + second) / 2
     keys = [space.latency_keys(a) for a in archs]
     corrected = np.array([table.predict_keys(k) for k in keys])
@@ -204,19 +255,23 @@ def _log_report(report: Report, device_id: str) -> None:
 
 
 # -- corrections ------------------------------------------------------------------------
-def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
-    """Two-stage fit (intercept and scale, then ridge per-key deviations); see the module docstring."""
-    keys = sorted(prior)
-    a, p, t = _design(keys, prior, rows)
+_FEATURES = ("scale", "ms_per_mparam", "ms_per_mmac")
+"""Stage-1 weights: of the isolated timing, of the unit's parameters (millions), of its MACs (millions)."""
+
+
+def fit_ridge(entries: Mapping[str, Entry], rows: Sequence[Row]) -> Correction:
+    """Two-stage fit (intercept and feature weights, then ridge per-key deviations); see the module docstring."""
+    keys = sorted(entries)
+    a, f, t = _design(keys, entries, rows)
     folds = np.arange(len(t)) % 5
     cv = {}
     for lam in _RIDGE_GRID:
         errors = []
-        for f in range(min(5, len(t))):
-            train, test = folds != f, folds == f
+        for fold in range(min(5, len(t))):
+            train, test = folds != fold, folds == fold
             if train.sum() < 2:
                 continue
-            c, x = _fit_two_stage(a[train], p, t[train], lam)
+            c, x = _fit_two_stage(a[train], f, t[train], lam)
             errors.extend(np.abs(c + a[test] @ x - t[test]) / t[test])
         cv[lam] = np.array(errors)
     if not len(cv[_RIDGE_GRID[0]]):
@@ -227,52 +282,65 @@ def fit_ridge(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
         lowest = min(cv, key=lambda lam: cv[lam].mean())
         bar = cv[lowest].mean() + cv[lowest].std(ddof=1) / np.sqrt(len(cv[lowest]))
         best = max(lam for lam in _RIDGE_GRID if cv[lam].mean() <= bar)
-    c, x = _fit_two_stage(a, p, t, best)
-    scale = _fit_stage1(a, p, t)[1]
+    c, x = _fit_two_stage(a, f, t, best)
+    weights = _fit_stage1(a, f, t)[1]
     return Correction(
         method="ridge",
         intercept_ms=float(c),
         entries={k: float(v) for k, v in zip(keys, x, strict=True)},
-        params={"scale": _round(scale), "ridge": float(best),
+        params={**{name: _round(w) for name, w in zip(_FEATURES, weights, strict=False)}, "ridge": float(best),
                 "cv_mape": _round(cv[best].mean() * 100) if len(cv[best]) else None},
+        fit_ms=[_round(ms) for ms in t],
     )
 
 
-def fit_none(prior: Mapping[str, float], rows: Sequence[Row]) -> Correction:
+def fit_none(entries: Mapping[str, Entry], rows: Sequence[Row]) -> Correction:
     """No correction: the plain sum of isolated timings (for comparison)."""
-    return Correction(method="none", intercept_ms=0.0, entries=dict(prior))
+    return Correction(method="none", intercept_ms=0.0, entries={k: e.mean for k, e in entries.items()})
 
 
-def _design(keys: list[str], prior: Mapping[str, float], rows: Sequence[Row]):
-    """Key-count matrix (archs, keys), prior vector (keys,) and measured times (archs,)."""
+def _design(keys: list[str], entries: Mapping[str, Entry], rows: Sequence[Row]):
+    """Key-count matrix (archs, keys), key features (keys, features) and measured times (archs,).
+
+    Features: the isolated timing, and the unit's parameters and MACs (millions) when every entry has them.
+    """
     index = {k: i for i, k in enumerate(keys)}
     a = np.zeros((len(rows), len(keys)))
     for r, (row_keys, _) in enumerate(rows):
         for k in row_keys:
             a[r, index[k]] += 1
-    return a, np.array([prior[k] for k in keys]), np.array([ms for _, ms in rows])
+    columns = [[entries[k].mean for k in keys]]
+    if all(entries[k].params is not None and entries[k].macs is not None for k in keys):
+        columns += [[entries[k].params / 1e6 for k in keys], [entries[k].macs / 1e6 for k in keys]]
+    return a, np.array(columns).T, np.array([ms for _, ms in rows])
 
 
-def _fit_stage1(a: np.ndarray, p: np.ndarray, t: np.ndarray) -> tuple[float, float]:
-    """Non-negative intercept and scale minimising relative squared error of c + s * (a @ p)."""
+def _fit_stage1(a: np.ndarray, f: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
+    """Intercept (either sign) and non-negative feature weights minimising relative squared error of c + a @ f @ w.
+
+    The intercept may be negative: cache pressure makes a network's time grow faster than its
+    size (a larger network evicts more of its own weights), and a negative intercept is the
+    additive linearisation of that over the range of the fit archs.
+    """
     from scipy.optimize import lsq_linear
 
-    m = np.column_stack([np.ones_like(t), a @ p]) / t[:, None]
-    c, s = lsq_linear(m, np.ones_like(t), bounds=(0, np.inf)).x
-    return float(c), float(s)
+    m = np.column_stack([np.ones_like(t), a @ f]) / t[:, None]
+    lower = np.concatenate([[-np.inf], np.zeros(f.shape[1])])
+    x = lsq_linear(m, np.ones_like(t), bounds=(lower, np.inf), method="bvls").x  # exact; trf trips on -inf
+    return float(x[0]), x[1:]
 
 
-def _fit_two_stage(a: np.ndarray, p: np.ndarray, t: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
+def _fit_two_stage(a: np.ndarray, f: np.ndarray, t: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
     """Stage 1, then ridge deviations z >= -1 on the relative residuals (lam = inf skips stage 2)."""
     from scipy.optimize import lsq_linear
 
-    c, s = _fit_stage1(a, p, t)
-    base = s * p
+    c, w = _fit_stage1(a, f, t)
+    base = f @ w
     if not np.isfinite(lam):
         return c, base
     residual = (t - c - a @ base) / t
-    m = np.vstack([a * base / t[:, None], np.sqrt(lam) * np.eye(len(p))])
-    z = lsq_linear(m, np.concatenate([residual, np.zeros(len(p))]), bounds=(-1, np.inf)).x
+    m = np.vstack([a * base / t[:, None], np.sqrt(lam) * np.eye(len(base))])
+    z = lsq_linear(m, np.concatenate([residual, np.zeros(len(base))]), bounds=(-1, np.inf)).x
     return c, base * (1 + z)
 
 
@@ -293,23 +361,41 @@ def _draw(space: SearchSpace, rng: np.random.Generator, n: int, exclude: set[str
     return archs
 
 
+def _input_shape(space: SearchSpace) -> tuple[int, int, int]:
+    return (3, space.config.resolution, space.config.resolution)
+
+
+def _network_reference(space: SearchSpace, timer: Timer, arch: Arch, ms: float | None = None) -> Reference | None:
+    """The reference for end-to-end timings: `arch` built, calibrated unless `ms` is given.
+
+    None for a timer that does not normalise.
+    """
+    if not timer.reference:
+        return None
+    return timer.network_reference(space.build(arch), _input_shape(space), f"arch-{arch.short_hash}", ms)
+
+
 def _time_archs(
-    space: SearchSpace, timer: Timer, archs: Sequence[Arch], progress: Progress | None, stage: str
+    space: SearchSpace, timer: Timer, archs: Sequence[Arch], progress: Progress | None, stage: str,
+    reference: Reference | None,
 ) -> np.ndarray:
-    """End-to-end latency (ms) of each arch's built network."""
-    shape = (3, space.config.resolution, space.config.resolution)
+    """End-to-end latency (ms) of each arch's built network, normalised by the network `reference`."""
     times = []
     for i, arch in enumerate(archs):
-        times.append(timer.time(space.build(arch), shape, key=arch.hash).mean_ms)
+        times.append(timer.time(space.build(arch), _input_shape(space), key=arch.hash, reference=reference).mean_ms)
         _tick(progress, stage, i + 1, len(archs))
     return np.array(times)
 
 
-def _metadata(space: SearchSpace, timer: Timer) -> Metadata:
+def _metadata(space: SearchSpace, timer: Timer, reference_arch: Arch, reference: Reference | None) -> Metadata:
+    protocol = timer.protocol()
+    if reference is not None:
+        protocol["network_reference"] = {"choices": dict(reference_arch.choices), "ms": reference.ms,
+                                         "statistic": "end-to-end timings: ratio to this network, no refill"}
     return Metadata(
         space=space.name, space_config=space.config.model_dump(mode="json"), device_id=timer.device_id,
         backend=timer.name, hardware=timer.hardware, batch=timer.batch, dtype=timer.dtype,
-        threads=timer.threads, versions=timer.versions(), measured_at=_now(), protocol=timer.protocol(),
+        threads=timer.threads, versions=timer.versions(), measured_at=_now(), protocol=protocol,
     )
 
 
@@ -327,4 +413,4 @@ def _tick(progress: Progress | None, stage: str, done: int, total: int) -> None:
         progress(stage, done, total)
 
 
-__all__ = ["BAR", "CorrectionFn", "Progress", "fit_none", "fit_ridge", "profile", "validate"]
+__all__ = ["BAR", "CorrectionFn", "Progress", "fit_none", "fit_ridge", "profile", "refit", "validate"]

@@ -33,11 +33,16 @@ if TYPE_CHECKING:
 
 
 class Entry(Frozen):
-    """Isolated timing of one unit, in ms (`mean` is the timer's robust per-call figure)."""
+    """Isolated timing of one unit, in ms (`mean` is the timer's robust per-call figure), and its size.
+
+    `params` and `macs` (the unit's parameters and multiply-accumulates) are features of the fit.
+    """
 
     mean: float = Field(ge=0)
     std: float = Field(ge=0)
     count: int = Field(ge=1)
+    params: int | None = Field(default=None, ge=0)
+    macs: int | None = Field(default=None, ge=0)
 
 
 class Metadata(Frozen):
@@ -63,6 +68,8 @@ class Correction(Frozen):
     intercept_ms: float
     entries: dict[str, float]
     params: dict[str, Any] = Field(default_factory=dict)
+    fit_ms: list[float] = Field(default_factory=list)
+    """Measured end-to-end ms of the fit archs, in draw order (seed stream [seed, 0]), for refitting."""
 
 
 class Figures(Frozen):

@@ -8,12 +8,19 @@ collector paused. A shared virtual
 machine is noisy in two ways, and CPU timers answer both. Other processes take the
 core away: a single-threaded timer reads the thread's CPU clock, which does not run
 while the thread waits (more threads: the wall clock). The host slows the whole
-machine down by tens of per cent for seconds at a time: every block is sandwiched
-between blocks of a fixed reference module (`_reference_module`, an MBConv-like
-block), and the latency is the median ratio of a block to its two neighbouring
-reference blocks times `reference_ms`, the reference's fastest block over a
-calibration run at first use; latencies thus read as ms at the machine's best
-observed speed, and a table stores `reference_ms` so re-validation reuses it.
+machine down by tens of per cent for seconds at a time, and not every kind of work
+alike: neighbours that share the last-level cache slow a network that streams its
+weights from it far more than a small block that lives in L1/L2. So every block is
+sandwiched between blocks of a fixed `Reference` module, and the latency is the
+median ratio of a block to its two neighbouring reference blocks times the
+reference's `ms`, its fastest block over a calibration run at first use; latencies
+thus read as ms at the machine's best observed speed. The default reference is a
+small MBConv-like block (`_reference_module`), right for single units; whole
+networks are better compared with a fixed network of the same space
+(`network_reference`, which `nas.hardware.profile` uses for end-to-end timings: at
+32x32 on ONNX Runtime it cut the drift of a network's timing over 90 s from 17% to
+3%). A table stores each reference's `ms` (and the reference network), so
+re-validation reuses them.
 Without a reference (`cuda`, CUDA events) the latency is the median per-call
 block mean. `std_ms` is the spread of the blocks on the same scale and `count` the
 number of timed calls. A module slower than a block gets at most `budget_ms` of timed
@@ -58,6 +65,28 @@ _CALIBRATION_BLOCK_S = 0.005
 _MIN_BLOCKS = 7
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt options
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+@dataclass
+class Reference:
+    """A fixed module every timed block is compared with, on the timer's backend.
+
+    Args:
+        name: names the module in the table's protocol and in export caches.
+        module: the module, in eval mode.
+        input_shape: its input shape without the batch.
+        refill: run it once untimed before each timed block, so it reads warm whatever ran
+            before it (right for a small block after a large module). A network reference after
+            a network of the same kind is in the cache state of the network it normalises, so it
+            runs without refill, cold like it.
+        ms: its latency at the machine's best observed speed; calibrated at first use when None.
+    """
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    refill: bool = True
+    ms: float | None = None
 
 
 @dataclass(frozen=True)
@@ -120,8 +149,8 @@ class Timer(ABC):
         self.warmup_ms = warmup_ms
         self.budget_ms = budget_ms
         self.reference = self.normalizes if reference is None else reference
-        self.reference_ms = reference_ms
-        self._reference_run: RunCalls | None = None
+        self.unit_reference = Reference("mbconv-16x16x16", _reference_module(), _REFERENCE_SHAPE, ms=reference_ms)
+        self._reference_runs: dict[str, RunCalls] = {}
         # One thread: its CPU clock, blind to the time the OS gives other processes; else the wall clock.
         self.clock: Callable[[], float] = _clock.thread_time if threads == 1 else _clock.perf_counter
 
@@ -141,6 +170,24 @@ class Timer(ABC):
         return {"python": platform.python_version(), "torch": torch.__version__}
 
     @property
+    def reference_ms(self) -> float | None:
+        """Latency the default (unit) reference stands for."""
+        return self.unit_reference.ms
+
+    @reference_ms.setter
+    def reference_ms(self, ms: float | None) -> None:
+        self.unit_reference.ms = ms
+
+    def network_reference(self, module: nn.Module, input_shape: tuple[int, ...], name: str,
+                          ms: float | None = None) -> Reference:
+        """A whole network as the reference for timing networks of its kind (no refill), calibrated now."""
+        reference = Reference(name, module.eval(), tuple(input_shape), refill=False, ms=ms)
+        if self.reference:
+            with self._pinned():
+                self._reference(reference)
+        return reference
+
+    @property
     def device_id(self) -> str:
         """Path-safe slug of hardware, engine, threads, dtype and batch: `amd-epyc-torch-t1-fp32-b1`."""
         return _slug(f"{self.hardware} {self.engine} t{self.threads} {self.dtype} b{self.batch}")
@@ -152,7 +199,7 @@ class Timer(ABC):
                                     "allocator": self.allocator}
         if self.reference:
             with self._pinned():
-                self._reference()
+                self._reference(self.unit_reference)
             protocol["reference_ms"] = self.reference_ms
             protocol["statistic"] = "median of block / adjacent reference blocks, times reference_ms"
         else:
@@ -160,21 +207,24 @@ class Timer(ABC):
         return protocol
 
     def time(
-        self, module: nn.Module, input_shape: tuple[int, ...], batch: int | None = None, key: str | None = None
+        self, module: nn.Module, input_shape: tuple[int, ...], batch: int | None = None, key: str | None = None,
+        reference: Reference | None = None,
     ) -> Timing:
         """Latency of one forward pass of `module` on a random input of shape (batch, *input_shape).
 
         `batch` defaults to the timer's own; the device id describes only that one. `key` names
         the module for backends that convert it (onnxruntime), so timing it again skips the export.
+        `reference` defaults to `unit_reference`; unused by a timer that does not normalise.
         """
         batch = self.batch if batch is None else batch
         _check_positive("--batch", batch)
+        reference = (reference or self.unit_reference) if self.reference else None
         with self._pinned(), _eval_mode(module):
             run = self._prepare(module, (batch, *input_shape), key)
-            reference = self._reference() if self.reference else None
-            values, calls = _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks, reference,
-                                     self.budget_ms / 1e3)
-        scale = (self.reference_ms if reference is not None else 1e3)
+            ref_run = self._reference(reference) if reference is not None else None
+            values, calls = _measure(run, self.warmup_ms / 1e3, self.block_ms / 1e3, self.blocks, ref_run,
+                                     self.budget_ms / 1e3, refill=reference is not None and reference.refill)
+        scale = reference.ms if reference is not None else 1e3
         std = statistics.stdev(values) if len(values) > 1 else 0.0
         return Timing(mean_ms=statistics.median(values) * scale, std_ms=std * scale, count=calls * len(values))
 
@@ -190,13 +240,15 @@ class Timer(ABC):
         finally:
             torch.set_num_threads(previous)
 
-    def _reference(self) -> RunCalls:
-        """The reference runner, prepared once; calibrates `reference_ms` when unset."""
-        if self._reference_run is None:
-            self._reference_run = self._prepare(_reference_module(), (self.batch, *_REFERENCE_SHAPE))
-        if self.reference_ms is None:
-            self.reference_ms = _calibrate(self._reference_run, self.warmup_ms / 1e3) * 1e3
-        return self._reference_run
+    def _reference(self, reference: Reference) -> RunCalls:
+        """The runner of `reference`, prepared once per name; calibrates its `ms` when unset."""
+        run = self._reference_runs.get(reference.name)
+        if run is None:
+            run = self._prepare(reference.module, (self.batch, *reference.input_shape), f"reference-{reference.name}")
+            self._reference_runs[reference.name] = run
+        if reference.ms is None:
+            reference.ms = _calibrate(run, self.warmup_ms / 1e3, reference.refill) * 1e3
+        return run
 
 
 @cache
@@ -265,12 +317,13 @@ def _calls_per_block(run: RunCalls, warmup_s: float, block_s: float) -> tuple[in
 
 
 def _measure(
-    run: RunCalls, warmup_s: float, block_s: float, blocks: int, reference: RunCalls | None, budget_s: float
+    run: RunCalls, warmup_s: float, block_s: float, blocks: int, reference: RunCalls | None, budget_s: float,
+    refill: bool = True,
 ) -> tuple[list[float], int]:
     """Per-block seconds per call of `run` (or ratios to the adjacent reference blocks) and calls per block.
 
     A module slower than a block gets one call per block and as many blocks as fit in
-    `budget_s` (between `_MIN_BLOCKS` and `blocks`).
+    `budget_s` (between `_MIN_BLOCKS` and `blocks`). `refill`: see `Reference`.
     """
     with _gc_paused():
         n, per_call = _calls_per_block(run, warmup_s, block_s)
@@ -279,31 +332,37 @@ def _measure(
         if reference is None:
             return [run(n) / n for _ in range(blocks)], n
         m = _calls_per_block(reference, 0.0, block_s)[0]
-        before = _reference_block(reference, m)
+        before = _reference_block(reference, m, refill)
         ratios = []
         for _ in range(blocks):
             per_call = run(n) / n
-            after = _reference_block(reference, m)
+            after = _reference_block(reference, m, refill)
             ratios.append(2 * per_call / (before + after))
             before = after
         return ratios, n
 
 
-def _reference_block(reference: RunCalls, m: int) -> float:
-    """Seconds per call of `m` reference calls after one untimed call.
+def _reference_block(reference: RunCalls, m: int, refill: bool = True) -> float:
+    """Seconds per call of `m` reference calls, after one untimed call when `refill`.
 
-    The untimed call refills the caches the timed module emptied, so the reference reads the
-    same after a large network as after a small unit.
+    The untimed call refills the caches the timed module emptied, so a small reference reads
+    the same after a large network as after a small unit.
     """
-    reference(1)
+    if refill:
+        reference(1)
     return reference(m) / m
 
 
-def _calibrate(reference: RunCalls, warmup_s: float) -> float:
-    """Fastest per-call block mean (seconds) of the reference over a short calibration run."""
+def _calibrate(reference: RunCalls, warmup_s: float, refill: bool = True) -> float:
+    """Fastest per-call block mean (seconds) of the reference over a short calibration run.
+
+    Blocks last `_CALIBRATION_BLOCK_S` (one call at least), as many as fit in
+    `_CALIBRATION_BLOCKS` such blocks' time, at least `_MIN_BLOCKS`.
+    """
     with _gc_paused():
-        m = _calls_per_block(reference, warmup_s, _CALIBRATION_BLOCK_S)[0]
-        return min(reference(m) / m for _ in range(_CALIBRATION_BLOCKS))
+        m, per_call = _calls_per_block(reference, warmup_s, _CALIBRATION_BLOCK_S)
+        blocks = max(_MIN_BLOCKS, min(_CALIBRATION_BLOCKS, int(_CALIBRATION_BLOCKS * _CALIBRATION_BLOCK_S / per_call)))
+        return min(_reference_block(reference, m, refill) for _ in range(blocks))
 
 
 def _reference_module() -> nn.Module:
@@ -512,4 +571,4 @@ class OnnxRuntimeCudaTimer(OnnxRuntimeTimer):
         return torch.cuda.get_device_name() if torch.cuda.is_available() else "cuda-gpu"
 
 
-__all__ = ["CpuTimer", "CudaTimer", "OnnxRuntimeCudaTimer", "OnnxRuntimeTimer", "Timer", "Timing"]
+__all__ = ["CpuTimer", "CudaTimer", "OnnxRuntimeCudaTimer", "OnnxRuntimeTimer", "Reference", "Timer", "Timing"]

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from nas.errors import NasError, UserError
-from nas.hardware.profile import _draw, _log_report, fit_none, fit_ridge, profile, validate
-from nas.hardware.table import Figures, LatencyTable, Report
+from nas.evaluate.metrics import count_macs, count_params
+from nas.hardware.profile import _draw, _log_report, fit_none, fit_ridge, profile, refit, validate
+from nas.hardware.table import Entry, Figures, LatencyTable, Report
 from nas.hardware.timers import CpuTimer
 
 REPORT_FIELDS = {"n_archs", "mape", "within_5", "within_10", "spearman", "noise", "naive", "passes",
@@ -35,6 +36,11 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
         "fake", timer.device_id, "cpu", 1, 1, "fp32")
     assert meta.space_config == {"resolution": 8, "num_classes": 4, "width": 8}
     assert "torch" in meta.versions and meta.protocol["blocks"] == 3 and meta.protocol["reference_ms"] > 0
+    network = meta.protocol["network_reference"]
+    assert network["ms"] > 0 and space.make_arch(network["choices"]) == space.sample(np.random.default_rng([3, 2]))
+    for key, entry in loaded.entries.items():
+        unit = space.unit(key)
+        assert entry.params == count_params(unit.module) and entry.macs == count_macs(unit.module, unit.input_shape)
 
     report = loaded.validation.model_dump()
     assert set(report) == REPORT_FIELDS
@@ -46,7 +52,7 @@ def test_profile_writes_a_complete_table(space, timer, profiled):
     assert report["mape"] == pytest.approx(np.mean(np.abs(predicted - measured) / measured) * 100, rel=1e-3)
 
     correction = loaded.correction
-    assert correction.method == "ridge" and correction.intercept_ms >= 0
+    assert correction.method == "ridge" and len(correction.fit_ms) == 10 and min(correction.fit_ms) > 0
     assert correction.params["n_fit"] == 10 and correction.params["seed"] == 3
     for arch in [space.sample(np.random.default_rng(i)) for i in range(5)]:
         expected = correction.intercept_ms + sum(correction.entries[k] for k in space.latency_keys(arch))
@@ -66,6 +72,23 @@ def test_validate_rewrites_only_the_report(space, profiled):
     assert again.validation.model_dump() == report
     assert again.entries == table.entries and again.correction == table.correction
     assert timer.reference_ms == table.metadata.protocol["reference_ms"]
+    network = timer._reference_runs.keys() - {timer.unit_reference.name}
+    assert network == {f"arch-{space.make_arch(table.metadata.protocol['network_reference']['choices']).short_hash}"}
+
+
+def test_refit_reuses_the_measurements(space, profiled):
+    table, path, _ = profiled
+    same = refit(table, space)
+    assert same.correction == table.correction and same.validation.points == table.validation.points
+    assert same.validation.mape == pytest.approx(table.validation.mape, rel=1e-4)  # from the stored, rounded points
+    naive = refit(table, space, fit_none)
+    measured, predicted, naive_points = np.array(naive.validation.points).T
+    assert measured.tolist() == [m for m, _, _ in table.validation.points]
+    assert predicted == pytest.approx(naive_points, rel=1e-5)
+    assert naive.validation.mape == pytest.approx(table.validation.naive.mape, rel=1e-3)
+    assert LatencyTable.load(path).data == table.data  # refit saves nothing
+    with pytest.raises(UserError, match="refit needs"):
+        refit(table.replace(correction=None), space)
 
 
 def test_validation_archs_are_held_out(space):
@@ -84,18 +107,37 @@ def test_profile_refuses_bad_arguments_before_timing(space, timer, tmp_path):
 
 def test_fit_ridge_recovers_intercept_and_scale():
     rng = np.random.default_rng(0)
-    prior = {f"k{i}": float(v) for i, v in enumerate(rng.uniform(0.1, 1.0, 12))}
+    entries = {f"k{i}": Entry(mean=float(v), std=0.0, count=1) for i, v in enumerate(rng.uniform(0.1, 1.0, 12))}
     rows = []
     for _ in range(40):
-        keys = list(rng.choice(list(prior), size=6, replace=True))
-        rows.append((keys, 0.3 + 1.4 * sum(prior[k] for k in keys)))
-    fitted = fit_ridge(prior, rows)
+        keys = list(rng.choice(list(entries), size=6, replace=True))
+        rows.append((keys, 0.3 + 1.4 * sum(entries[k].mean for k in keys)))
+    fitted = fit_ridge(entries, rows)
     for keys, measured in rows:
         predicted = fitted.intercept_ms + sum(fitted.entries[k] for k in keys)
         assert predicted == pytest.approx(measured, rel=0.01)
     assert fitted.params["scale"] == pytest.approx(1.4, rel=0.05)
     assert min(fitted.entries.values()) >= 0
-    assert fit_none(prior, rows).entries == prior
+    assert fitted.fit_ms == pytest.approx([ms for _, ms in rows], rel=1e-5)
+    assert fit_none(entries, rows).entries == {k: e.mean for k, e in entries.items()}
+
+
+def test_fit_ridge_learns_the_cost_of_weights_and_a_negative_intercept():
+    """Isolated timings blind to weight traffic, network time super-linear in size: stage 1 recovers both."""
+    rng = np.random.default_rng(1)
+    entries = {f"k{i}": Entry(mean=float(rng.uniform(0.1, 1.0)), std=0.0, count=1, params=int(p), macs=int(m))
+               for i, (p, m) in enumerate(zip(rng.integers(1e4, 2e6, 16), rng.integers(1e5, 1e7, 16), strict=True))}
+    rows = []
+    for _ in range(60):
+        keys = list(rng.choice(list(entries), size=8, replace=True))
+        rows.append((keys, -0.5 + sum(0.8 * entries[k].mean + 0.3 * entries[k].params / 1e6 for k in keys)))
+    fitted = fit_ridge(entries, rows)
+    assert fitted.intercept_ms == pytest.approx(-0.5, abs=0.05)
+    assert fitted.params["scale"] == pytest.approx(0.8, rel=0.05)
+    assert fitted.params["ms_per_mparam"] == pytest.approx(0.3, rel=0.05)
+    naive_only = {k: e.model_copy(update={"params": None, "macs": None}) for k, e in entries.items()}
+    worse = fit_ridge(naive_only, rows)
+    assert fitted.params["cv_mape"] < worse.params["cv_mape"] / 5
 
 
 def test_failing_report_warns_loudly(caplog):
