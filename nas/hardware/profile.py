@@ -76,7 +76,7 @@ def profile(
     seed: int = 0,
     progress: Progress | None = None,
     *,
-    n_fit: int = 80,
+    n_fit: int = 60,
     correct: CorrectionFn | None = None,
 ) -> LatencyTable:
     """Measure the latency table of `space` with `timer`, fit, validate and write it atomically.
