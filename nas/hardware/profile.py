@@ -36,7 +36,6 @@ on the same measurements without timing anything.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -81,7 +80,7 @@ def profile(
 ) -> LatencyTable:
     """Measure the latency table of `space` with `timer`, fit, validate and write it atomically.
 
-    The fit archs and the first timing of the validation archs are interleaved, so a slow
+    The fit archs and the first timing of the validation archs are evenly interleaved, so a slow
     drift of the machine touches both sets alike; the second timing of the validation archs
     follows in reverse order.
 
@@ -109,7 +108,7 @@ def profile(
 
     fit_archs = _draw(space, np.random.default_rng([seed, 0]), n_fit, set()) if n_fit > 0 else []
     archs = _draw(space, np.random.default_rng([seed, 1]), n_validate, {a.hash for a in fit_archs})
-    both = [a for pair in itertools.zip_longest(fit_archs, archs) for a in pair if a is not None]
+    both = _interleave(fit_archs, archs)
     timed = dict(zip((a.hash for a in both), _time_archs(space, timer, both, progress, "archs", reference),
                      strict=True))
     if fit_archs:
@@ -359,6 +358,13 @@ def _draw(space: SearchSpace, rng: np.random.Generator, n: int, exclude: set[str
         raise UserError(f"{space.name}: only {len(archs)} distinct archs (of {n} wanted) after {tries} draws; "
                         f"lower --n-validate")
     return archs
+
+
+def _interleave(first: Sequence[Arch], second: Sequence[Arch]) -> list[Arch]:
+    """Both lists merged evenly: each item at its relative position in its own list (ties: `first`'s)."""
+    spots = [((i + 0.5) / len(first), 0, a) for i, a in enumerate(first)]
+    spots += [((i + 0.5) / len(second), 1, a) for i, a in enumerate(second)]
+    return [a for _, _, a in sorted(spots, key=lambda spot: spot[:2])]
 
 
 def _input_shape(space: SearchSpace) -> tuple[int, int, int]:

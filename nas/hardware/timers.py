@@ -18,13 +18,13 @@ thus read as ms at the machine's best observed speed. The default reference is a
 small MBConv-like block (`_reference_module`), right for single units; whole
 networks are better compared with a fixed network of the same space
 (`network_reference`, which `nas.hardware.profile` uses for end-to-end timings: at
-32x32 on ONNX Runtime it cut the drift of a network's timing over 90 s from 17% to
-3%). A table stores each reference's `ms` (and the reference network), so
+32x32 on ONNX Runtime it cut the drift of a network's timing over 90 s from 15-20% to
+2-4%). A table stores each reference's `ms` (and the reference network), so
 re-validation reuses them.
 Without a reference (`cuda`, CUDA events) the latency is the median per-call
 block mean. `std_ms` is the spread of the blocks on the same scale and `count` the
 number of timed calls. A module slower than a block gets at most `budget_ms` of timed
-calls and reference blocks (at least 7 blocks). glibc malloc is set to keep freed memory (`_steady_allocator`),
+calls and reference blocks (at least 11 blocks). glibc malloc is set to keep freed memory (`_steady_allocator`),
 so large feature maps do not page-fault on every call. Backends: `cpu` (PyTorch eager,
 inference mode), `onnxruntime` (TorchScript ONNX export, CPU execution provider),
 `onnxruntime_cuda` (CUDA execution provider) and `cuda` (CUDA events; fp32, fp16 or
@@ -62,7 +62,7 @@ RunCalls = Callable[[int], float]
 _REFERENCE_SHAPE = (16, 16, 16)  # (C, H, W) of the reference module's input
 _CALIBRATION_BLOCKS = 100
 _CALIBRATION_BLOCK_S = 0.005
-_MIN_BLOCKS = 7
+_MIN_BLOCKS = 11
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc mallopt options
 _TORCH_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
 

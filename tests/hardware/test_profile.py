@@ -9,7 +9,7 @@ import pytest
 
 from nas.errors import NasError, UserError
 from nas.evaluate.metrics import count_macs, count_params
-from nas.hardware.profile import _draw, _log_report, fit_none, fit_ridge, profile, refit, validate
+from nas.hardware.profile import _draw, _interleave, _log_report, fit_none, fit_ridge, profile, refit, validate
 from nas.hardware.table import Entry, Figures, LatencyTable, Report
 from nas.hardware.timers import CpuTimer
 
@@ -95,6 +95,16 @@ def test_validation_archs_are_held_out(space):
     fit = _draw(space, np.random.default_rng([3, 0]), 10, set())
     held_out = _draw(space, np.random.default_rng([3, 1]), 30, {a.hash for a in fit})
     assert len({a.hash for a in fit + held_out}) == 40
+
+
+@pytest.mark.parametrize(("n_first", "n_second"), [(60, 100), (80, 100), (3, 6), (0, 5), (5, 1)])
+def test_interleave_spreads_both_lists_evenly(n_first, n_second):
+    first, second = [("f", i) for i in range(n_first)], [("s", i) for i in range(n_second)]
+    merged = _interleave(first, second)
+    assert [x for x in merged if x[0] == "f"] == first and [x for x in merged if x[0] == "s"] == second
+    share = n_first / (n_first + n_second)
+    for k in range(1, len(merged) + 1):  # every prefix holds its share of each list, to within one item
+        assert abs(sum(x[0] == "f" for x in merged[:k]) - k * share) <= 1
 
 
 def test_profile_refuses_bad_arguments_before_timing(space, timer, tmp_path):
