@@ -238,6 +238,19 @@ class LatencyTable:
             total = value if total is None else total + value
         return total + self._intercept
 
+    def lower_bound(self, space: SearchSpace | None = None) -> float:
+        """A lower bound (ms) of the predicted latency of every arch of the space: the intercept plus each
+        latency term's cheapest combination (exact where terms share no decisions).
+
+        A fitted intercept may be negative (see `nas.hardware.profile`), so this is what shows that
+        no arch is predicted to take no time.
+        """
+        if space is None:
+            space = self._space or _load_table_space(self.data.metadata)
+        elif space is not self._space:
+            self.check_matches(space)
+        return self._intercept + sum(float(cost.min()) for cost in self._term_costs(space))
+
     def _term_costs(self, space: SearchSpace) -> list[np.ndarray]:
         """Per term, the cost (ms) of every combination of its decisions' choices, cached per space."""
         import numpy as np
