@@ -11,6 +11,9 @@ from nas.hardware.table import LatencyTable
 from nas.space import load_space
 
 TABLES = sorted(PROFILES_DIR.glob("*/*.yaml"))
+# The fitted intercept may be negative; only this table then extrapolates below zero for the
+# cheapest archs of its space (README, "How a table predicts a whole network"). A change either way shows here.
+EXTRAPOLATES_BELOW_ZERO = {"amd-epyc-onnxruntime-t1-fp32-b1/proxylessnas-r32"}
 
 
 def test_the_cpu_tables_of_issue_5_are_committed():
@@ -33,8 +36,8 @@ def test_committed_table_meets_its_targets(path):
     measured, predicted, naive = np.array(report.points).T
     assert report.mape == pytest.approx(np.mean(np.abs(predicted - measured) / measured) * 100, rel=1e-3)
     assert report.naive.mape == pytest.approx(np.mean(np.abs(naive - measured) / measured) * 100, rel=1e-3)
-    assert len(table.correction.fit_ms) == table.correction.params["n_fit"] + 2  # and the two extremes
+    assert len(table.correction.fit_ms) == table.correction.params["n_fit"]
     assert table.metadata.protocol["network_reference"]["ms"] > 0
-    assert table.lower_bound() > 0  # the fitted intercept may be negative; no arch is predicted to be free
+    assert (table.lower_bound() > 0) is (f"{path.parent.name}/{path.stem}" not in EXTRAPOLATES_BELOW_ZERO)
     arch = space.sample(np.random.default_rng(0))
     assert table.predict(arch) >= table.lower_bound()

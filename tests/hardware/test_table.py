@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from pathlib import Path
 
@@ -55,6 +56,17 @@ def test_predict_is_intercept_plus_sum(space):
     assert table.predict_naive(keys) == pytest.approx(sum(table.entries[k].mean for k in keys))
     naive = make_table(space, corrected=False)
     assert naive.predict_keys(keys) == pytest.approx(naive.predict_naive(keys))
+
+
+def test_lower_bound_is_the_cheapest_arch(space):
+    """The fake space has 81 archs: the bound equals the cheapest prediction, found exhaustively."""
+    table = LatencyTable(make_table(space).data, space=space)
+    names = [d.name for d in space.decisions()]
+    choices = itertools.product(*(d.choices for d in space.decisions()))
+    cheapest = min(table.predict(space.make_arch(dict(zip(names, c, strict=True)))) for c in choices)
+    assert table.lower_bound() == pytest.approx(cheapest)
+    negative = table.replace(correction=table.correction.model_copy(update={"intercept_ms": -5.0}))
+    assert negative.lower_bound() == pytest.approx(cheapest - 5.05) and negative.lower_bound() < 0
 
 
 def test_predict_is_fast(space):
