@@ -19,7 +19,7 @@ import numpy as np
 
 from nas.arch import Arch, Choice, canonical_json
 from nas.config import SPACES_DIR, Frozen, PresetSpec, SpaceFile, load_yaml, parse
-from nas.errors import UserError
+from nas.errors import NasError, UserError
 from nas.registry import SPACES
 
 if TYPE_CHECKING:
@@ -74,6 +74,8 @@ class SearchSpace(ABC):
 
     name: ClassVar[str]
     config_model: ClassVar[type[SpaceConfig]]
+    max_draws: ClassVar[int] = 1000
+    """Proposals `sample`, `mutate` and `crossover` draw before giving up on one that passes `check`."""
 
     def __init__(self, config: SpaceConfig, presets: Mapping[str, PresetSpec] | None = None) -> None:
         self.config = config
@@ -175,20 +177,39 @@ class SearchSpace(ABC):
         return int(np.prod([len(d.choices) for d in self._decisions.values()], dtype=object))
 
     def sample(self, rng: np.random.Generator) -> Arch:
-        """A uniformly random arch."""
-        return self.make_arch({n: d.choices[rng.integers(len(d.choices))] for n, d in self._decisions.items()})
+        """A uniformly random arch among those that pass `check` (rejection sampling)."""
+        items = list(self._decisions.items())
+        return self._first_valid(lambda: {n: d.choices[rng.integers(len(d.choices))] for n, d in items}, "sample")
 
     def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one random decision changed to a different choice."""
+        """`arch` with one random decision changed to a different choice, redrawn until it passes `check`."""
         mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
-        decision = mutable[rng.integers(len(mutable))]
-        others = [c for c in decision.choices if c != arch.choices[decision.name]]
-        return self.make_arch({**arch.choices, decision.name: others[rng.integers(len(others))]})
+
+        def propose() -> dict[str, Choice]:
+            decision = mutable[rng.integers(len(mutable))]
+            others = [c for c in decision.choices if c != arch.choices[decision.name]]
+            return {**arch.choices, decision.name: others[rng.integers(len(others))]}
+
+        return self._first_valid(propose, "mutate")
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
-        """Uniform crossover: each decision from `a` or `b` with equal chance."""
-        pick = rng.random(len(self._decisions)) < 0.5
-        return self.make_arch({n: (a if p else b).choices[n] for n, p in zip(self._decisions, pick, strict=True)})
+        """Uniform crossover (each decision from `a` or `b` with equal chance), redrawn until it passes `check`."""
+        names = list(self._decisions)
+
+        def propose() -> dict[str, Choice]:
+            pick = rng.random(len(names)) < 0.5
+            return {n: (a if p else b).choices[n] for n, p in zip(names, pick, strict=True)}
+
+        return self._first_valid(propose, "crossover")
+
+    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str) -> Arch:
+        """The first of up to `max_draws` proposals that passes `check` (every one, in a space without rules)."""
+        for _ in range(self.max_draws):
+            try:
+                return self.make_arch(propose())
+            except UserError:
+                continue
+        raise NasError(f"{self.name}: {what} found no arch that passes the space's rules in {self.max_draws} draws")
 
     # -- presets --------------------------------------------------------------------
     def preset_names(self) -> list[str]:

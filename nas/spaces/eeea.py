@@ -37,19 +37,17 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Annotated
 
-import numpy as np
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from nas.arch import Arch, Choice
-from nas.errors import NasError, UserError
+from nas.errors import UserError
 from nas.ops.darts import OP_NAMES, DartsCell, FactorizedReduce, ReLUConvBN, is_identity, make_op
 from nas.registry import SPACES
 from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
 
 CELLS = ("normal", "reduce")
 STEM_MULTIPLIER = 3  # stem width = 3 C [model.py NetworkCIFAR]
-_MAX_TRIES = 1000  # rejection sampling: about 8% of uniform draws leave a cell input unread
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -283,39 +281,6 @@ class EEEASpace(SearchSpace):
         b, ops = self.config.blocks, len(self.config.ops)
         per_cell = ops ** (2 * b) * (math.factorial(b) ** 2 - math.factorial(b - 1) ** 2)
         return per_cell ** len(CELLS)
-
-    def sample(self, rng: np.random.Generator) -> Arch:
-        """A uniformly random arch among those that pass `check` (rejection sampling)."""
-        items = list(self._decisions.items())
-        return self._first_valid(lambda: {n: d.choices[rng.integers(len(d.choices))] for n, d in items}, "sample")
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one random decision changed to a different choice, redrawn until it passes `check`."""
-        mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
-
-        def propose() -> dict[str, Choice]:
-            decision = mutable[rng.integers(len(mutable))]
-            others = [c for c in decision.choices if c != arch.choices[decision.name]]
-            return {**arch.choices, decision.name: others[rng.integers(len(others))]}
-
-        return self._first_valid(propose, "mutate")
-
-    def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
-        """Uniform crossover (each decision from `a` or `b`), redrawn until the child passes `check`."""
-        names = list(self._decisions)
-
-        def propose() -> dict[str, Choice]:
-            pick = rng.random(len(names)) < 0.5
-            return {n: (a if p else b).choices[n] for n, p in zip(names, pick, strict=True)}
-
-        return self._first_valid(propose, "crossover")
-
-    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str) -> Arch:
-        for _ in range(_MAX_TRIES):
-            choices = propose()
-            if self._cell_ignoring_input1(choices) is None:
-                return self.make_arch(choices)
-        raise NasError(f"{self.name}: {what} found no arch that reads every cell input in {_MAX_TRIES} draws")
 
     # -- helpers ------------------------------------------------------------------------
     def _input1_decisions(self, kind: str) -> list[str]:

@@ -49,7 +49,7 @@ from pydantic import Field, field_validator
 from torch import nn
 
 from nas.arch import Arch, Choice
-from nas.errors import NasError, UserError
+from nas.errors import UserError
 from nas.ops.nasnet import OPS, FactorizedReduction, Head, NASNet, NASNetCell, Stem, make_op
 from nas.registry import SPACES
 from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
@@ -60,7 +60,6 @@ BLOCKS = 5
 _BLOCK_STATES = tuple(range(2, 2 + BLOCKS))  # hidden states made by the blocks
 # Choice tokens of `b{b}.inputs`: the unordered pairs of the b + 2 states block b can read.
 _PAIRS = tuple(tuple(f"{i}+{j}" for i in range(b + 2) for j in range(i, b + 2)) for b in range(BLOCKS))
-_MAX_TRIES = 100
 
 PositiveInt = Annotated[int, Field(gt=0)]
 HiddenState = Annotated[int, Field(ge=0, le=1 + BLOCKS)]
@@ -186,6 +185,7 @@ class NASNetSpace(SearchSpace):
     """NASNet: 2 cell types x 5 blocks x (a pair of inputs, 2 of 13 ops); 30 decisions."""
 
     name = "nasnet"
+    max_draws = 100
     config_model = NASNetConfig
     config: NASNetConfig
 
@@ -249,23 +249,7 @@ class NASNetSpace(SearchSpace):
             terms.append(LatencyTerm(self._width_decisions(kind), partial(_reader_keys, tables.readers[kind], extra)))
         return terms
 
-    # -- sampling among archs that pass `check` ------------------------------------------
-    def sample(self, rng: np.random.Generator) -> Arch:
-        """A uniformly random arch among those that pass `check` (rejection sampling)."""
-        items = list(self._decisions.items())
-        return self._first_valid(lambda: {n: d.choices[rng.integers(len(d.choices))] for n, d in items}, "sample")
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one random decision changed, redrawn until it passes `check`."""
-        mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
-
-        def propose() -> dict[str, Choice]:
-            decision = mutable[rng.integers(len(mutable))]
-            others = [c for c in decision.choices if c != arch.choices[decision.name]]
-            return {**arch.choices, decision.name: others[rng.integers(len(others))]}
-
-        return self._first_valid(propose, "mutate")
-
+    # -- crossover (sample and mutate: the base class's rejection sampling against `check`) ---
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover; a cell type whose mixed inputs fail `check` is taken whole from one parent."""
         pick = rng.random(len(self._decisions)) < 0.5
@@ -275,13 +259,6 @@ class NASNetSpace(SearchSpace):
                 parent = a if rng.random() < 0.5 else b
                 child.update({n: parent.choices[n] for n in child if n.startswith(f"{kind}.")})
         return self.make_arch(child)
-
-    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str) -> Arch:
-        for _ in range(_MAX_TRIES):
-            choices = propose()
-            if self._unread_input(choices) is None:
-                return self.make_arch(choices)
-        raise NasError(f"{self.name}: {what} found no arch whose cells read both inputs in {_MAX_TRIES} draws")
 
     # -- helpers ------------------------------------------------------------------------
     def _unread_input(self, choices: Mapping[str, Choice], only: str | None = None) -> str | None:
