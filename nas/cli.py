@@ -43,13 +43,17 @@ def _table(title: str, columns: list[str], rows: list[list[Any]]) -> None:
 
     table = Table(title=title)
     for column in columns:
-        table.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
+        if column in _FIXED_COLUMNS:
+            table.add_column(column, no_wrap=True, min_width=_FIXED_COLUMNS[column])
+        else:
+            table.add_column(column, justify="left" if column in _TEXT_COLUMNS else "right")
     for row in rows:
         table.add_row(*[str(v) for v in row])
     Console(soft_wrap=True).print(table)
 
 
-_TEXT_COLUMNS = {"space", "presets", "decision", "choice", "arch", "key", "node", "format", "path"}
+_FIXED_COLUMNS = {"arch": 12}  # hashes show 12 hex digits even on an 80-column terminal
+_TEXT_COLUMNS = {"feasible", "space", "presets", "decision", "choice", "arch", "key", "node", "format", "path"}
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
@@ -81,6 +85,15 @@ def spaces(
         space = load_space(space_name)
         rows.append({"space": space_name, "decisions": len(space.decisions()), "size": space.size(),
                      "presets": space.preset_names()})
+    if name is not None:  # one space: is its latency table (this machine's cpu one) of this host's speed?
+        from nas.hardware.rescale import scale_warning
+        from nas.hardware.store import default_device_id, find_table
+        from nas.hardware.table import LatencyTable
+
+        path = find_table(default_device_id("cpu"), space)
+        warning = scale_warning(LatencyTable.load(path, space, batch=1)) if path is not None else None
+        if warning:
+            typer.echo(f"WARNING: {warning}", err=True)
     if as_json:
         _echo_json(rows)
         return
@@ -89,63 +102,83 @@ def spaces(
 
 
 def _describe_arch(arch: Any, label: str, as_json: bool) -> None:
-    from nas.hardware.table import resolve_table
+    from nas.hardware.rescale import scale_warning
+    from nas.hardware.store import default_device_id, table_for_arch
     from nas.space import space_of
 
     space = space_of(arch)
     cost = space.cost(arch)
-    try:
-        table = resolve_table(None, space, batch=1)
-        latency, device = table.predict(arch), table.metadata.device_id
-    except UserError as err:
-        latency, device = None, f"no table ({err})"
+    table, note = table_for_arch(arch, default_device_id("cpu"))
+    latency = table.predict_keys(space.latency_keys(arch)) if table is not None else None
+    warning = scale_warning(table) if table is not None else None
+    if warning:
+        typer.echo(f"WARNING: {warning}", err=True)
     info = {"name": label, "space": arch.space, "hash": arch.hash, "choices": dict(arch.choices),
             "config": dict(arch.config), "params": cost["params"], "macs": cost["macs"],
-            "latency_ms": latency, "latency_table": device}
+            "latency_ms": latency, "latency_table": str(table.path) if table is not None else None,
+            "latency_note": note}
     if as_json:
         _echo_json(info)
         return
     _table(f"{label} ({arch.space}, {arch.short_hash})", ["decision", "choice"],
            [[k, v] for k, v in arch.choices.items()])
     typer.echo(f"config: {json.dumps(dict(arch.config), sort_keys=True)}")
-    typer.echo(f"params: {cost['params']:,}  MACs: {cost['macs']:,}  "
-               f"LUT latency: {_fmt(latency)} ms ({device})")
+    typer.echo(f"params: {cost['params']:,}  MACs: {cost['macs']:,}  LUT latency: {_fmt(latency)} ms ({note})")
 
 
 Opt = typer.Option
 
 
+def _default(field: str) -> str:
+    """The default of a `RunConfig` key, for help texts (the one place defaults live)."""
+    from nas.config import RunConfig
+
+    return str(RunConfig.model_fields[field].default)
+
+
+def SOpt(help: str, default: str | None = None) -> Any:  # noqa: N802 (reads like typer.Option)
+    """A `search` option whose help shows `default` (typer's own default is None: unset, so the
+    run config YAML or the defaults in one place decide)."""
+    text = help if default is None else f"{help} \\[default: {default}]"  # \[ : a literal [ in rich markup
+    return typer.Option(help=text, show_default=False)
+
+
 @app.command()
 def search(
-    space: Annotated[str | None, Opt(help="Search space (see `nas spaces`). [default: proxylessnas]")] = None,
-    strategy: Annotated[str | None, Opt(help="random | evolution. [default: evolution]")] = None,
-    evaluator: Annotated[str | None, Opt(help="lut | train. [default: train]")] = None,
-    trials: Annotated[int | None, Opt(help="Budget: archs to evaluate. [default: 20]")] = None,
-    seed: Annotated[int | None, Opt(help="Seed of the strategy. [default: 0]")] = None,
-    metric: Annotated[str | None, Opt(help="accuracy | latency_ms | params | macs. [default: evaluator's]")] = None,
-    mode: Annotated[str | None, Opt(help="max | min. [default: max]")] = None,
-    max_latency_ms: Annotated[float | None, Opt(help="Latency bound (ms, from the LUT).")] = None,
-    max_params: Annotated[int | None, Opt(help="Parameter bound.")] = None,
-    hardware: Annotated[str | None, Opt(help="Latency table: a device id under hardware_profiles/ or a file.")] = None,
-    data: Annotated[str | None, Opt(help="digits | cifar10 (train evaluator). [default: digits]")] = None,
-    data_dir: Annotated[Path | None, Opt(help="Directory of a CIFAR-10 python-pickle data set.")] = None,
-    epochs: Annotated[int | None, Opt(help="Training epochs per arch (train evaluator). [default: 2]")] = None,
-    resolution: Annotated[int | None, Opt(help="Input resolution. [default: space YAML]")] = None,
-    classes: Annotated[int | None, Opt(help="Number of classes. [default: space YAML]")] = None,
-    width_mult: Annotated[float | None, Opt(help="Width multiplier. [default: space YAML]")] = None,
-    population_size: Annotated[int | None, Opt(help="Evolution population. [default: evolution.yaml]")] = None,
-    sample_size: Annotated[int | None, Opt(help="Evolution tournament size.")] = None,
-    archs_per_trial: Annotated[int | None, Opt(help="Archs scored by one Ray Tune trial.")] = None,
-    cpus_per_trial: Annotated[float | None, Opt(help="CPUs reserved per trial. [default: 1]")] = None,
-    config: Annotated[Path | None, Opt(help="Run-config YAML; flags override its keys.")] = None,
-    run_dir: Annotated[Path | None, Opt(help="Run directory; re-running the same command resumes.")] = None,
-    address: Annotated[str | None, Opt(help="Ray cluster to join (auto, host:port). [default: a local one]")] = None,
-    num_cpus: Annotated[int | None, Opt(help="CPUs of the local Ray cluster. [default: all]")] = None,
+    space: Annotated[str | None, SOpt("Search space (see `nas spaces`).", _default("space"))] = None,
+    strategy: Annotated[str | None, SOpt("random | evolution.", _default("strategy"))] = None,
+    evaluator: Annotated[str | None, SOpt("lut | train.", _default("evaluator"))] = None,
+    trials: Annotated[int | None, SOpt("Budget: distinct archs to evaluate.", _default("trials"))] = None,
+    seed: Annotated[int | None, SOpt("Seed of the strategy.", _default("seed"))] = None,
+    metric: Annotated[str | None, SOpt("accuracy | latency_ms | params | macs.",
+                                       "the evaluator's: accuracy (train), macs (lut)")] = None,
+    mode: Annotated[str | None, SOpt("max | min.", "max")] = None,
+    max_latency_ms: Annotated[float | None, SOpt("Latency bound (ms, from the LUT).", "none")] = None,
+    max_params: Annotated[int | None, SOpt("Parameter bound.", "none")] = None,
+    hardware: Annotated[str | None, SOpt("Latency table: a device id or a table file.",
+                                         "this machine's CPU table")] = None,
+    data: Annotated[str | None, SOpt("digits | cifar10 (train evaluator).", "digits")] = None,
+    data_dir: Annotated[Path | None, SOpt("Directory of a CIFAR-10 python-pickle data set.")] = None,
+    epochs: Annotated[int | None, SOpt("Training epochs per arch (train evaluator).", "2")] = None,
+    resolution: Annotated[int | None, SOpt("Input resolution.", "the space YAML's")] = None,
+    classes: Annotated[int | None, SOpt("Number of classes.", "the space YAML's")] = None,
+    width_mult: Annotated[float | None, SOpt("Width multiplier.", "the space YAML's")] = None,
+    population_size: Annotated[int | None, SOpt("Evolution population.", "strategies/evolution.yaml")] = None,
+    sample_size: Annotated[int | None, SOpt("Evolution tournament size.", "strategies/evolution.yaml")] = None,
+    archs_per_trial: Annotated[int | None, SOpt("Archs scored by one Ray Tune trial.",
+                                                "1 (train), 2048 (lut)")] = None,
+    cpus_per_trial: Annotated[float | None, SOpt("CPUs reserved per trial.", _default("cpus_per_trial"))] = None,
+    config: Annotated[Path | None, SOpt("Run-config YAML; flags override its keys.")] = None,
+    run_dir: Annotated[Path | None, SOpt("Run directory; re-running the same command resumes.",
+                                         "runs/<space>-<strategy>-<evaluator>")] = None,
+    address: Annotated[str | None, SOpt("Ray cluster to join (auto, host:port).",
+                                        "a private local cluster")] = None,
+    num_cpus: Annotated[int | None, SOpt("CPUs of the local Ray cluster.", "all of this machine's")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the best archs as JSON.")] = False,
 ) -> None:
     """Search a space on a Ray cluster; re-running the same command resumes.
 
-    Example: nas search --space proxylessnas --strategy evolution --evaluator train --trials 20 --max-latency-ms 6
+    Example: nas search --space proxylessnas --strategy evolution --evaluator train --trials 20 --max-latency-ms 9.5
     """
     from nas.config import merge_run_config
     from nas.runner import run_search
@@ -159,25 +192,58 @@ def search(
         "strategy_config.population_size": population_size, "strategy_config.sample_size": sample_size,
         "evaluator_config.data": data, "evaluator_config.data_dir": data_dir, "evaluator_config.epochs": epochs,
     }
+    if num_cpus is not None and num_cpus < 1:
+        raise UserError(f"--num-cpus: must be at least 1; got {num_cpus}")
     run_config = merge_run_config(config, flags)
     run_dir = run_dir or Path("runs") / f"{run_config.space}-{run_config.strategy}-{run_config.evaluator}"
     with _progress_reporter(run_config.trials) as progress:
-        best = run_search(run_config, run_dir, address=address, num_cpus=num_cpus, progress=progress)
+        result = run_search(run_config, run_dir, address=address, num_cpus=num_cpus, progress=progress)
     if as_json:
-        _echo_json(best)
-    else:
-        _print_best(best)
-        typer.echo(f"run dir: {run_dir.resolve()}")
+        _echo_json(result.best)
+        return
+    _print_best(result)
+    typer.echo(f"run dir: {run_dir.resolve()}")
 
 
-def _print_best(records: list[dict[str, Any]]) -> None:
+def _print_best(result: Any) -> None:
+    """The best archs with a feasibility column, and a plain line when none keeps the bounds.
+
+    A metric that breaks its bound shows the bound beside it (`12.250 > 9.5`).
+    """
+    objective = result.objective
     rows = []
-    for rank, r in enumerate(records, 1):
-        m = r["metrics"]
-        rows.append([rank, r["hash"][:12], _fmt(m.get("accuracy")), _fmt(m.get("latency_ms")),
-                     _fmt(m["params"], 1e6), _fmt(m["macs"], 1e6), f"{r['score']:.4g}"])
-    _table("best architectures", ["rank", "arch", "accuracy", "latency ms (LUT)", "params M", "MACs M", "score"],
-           rows)
+    for position, r in enumerate(result.best, 1):
+        m, broken = r["metrics"], r["violations"]
+
+        def cell(metric: str, scale: float = 1.0) -> str:
+            text = _fmt(m.get(metric), scale)
+            return f"{text} > {broken[metric][1] / scale:g}" if metric in broken else text
+
+        rows.append([position if r["feasible"] else "-", r["hash"][:12], "yes" if r["feasible"] else "no",
+                     _fmt(m.get("accuracy")), cell("latency_ms"), cell("params", 1e6), _fmt(m["macs"], 1e6)])
+    _table(f"best architectures ({objective.mode} {objective.metric}{_bounds_text(objective)})",
+           ["rank", "arch", "feasible", "accuracy", "latency ms", "params M", "MACs M"], rows)
+    summary = f"{result.n_archs} archs evaluated, {result.n_feasible} feasible"
+    if result.n_failed:
+        summary += f", {result.n_failed} failed (see trials.jsonl)"
+    typer.echo(summary)
+    if result.table is not None:
+        typer.echo(f"latency (LUT): {result.table['path']} ({result.table['device_id']}, "
+                   f"scale {result.table['scale']:.3g})")
+    if result.exhausted:
+        typer.echo(f"note: the search ended early: {result.exhausted}")
+    if result.n_archs and not result.n_feasible:
+        typer.echo(f"no feasible arch found: every evaluated arch breaks{_bounds_text(objective, lead=' ')}; "
+                   "the table lists the closest ones")
+
+
+def _bounds_text(objective: Any, lead: str = ", ") -> str:
+    parts = []
+    if objective.max_latency_ms is not None:
+        parts.append(f"latency <= {objective.max_latency_ms:g} ms")
+    if objective.max_params is not None:
+        parts.append(f"params <= {objective.max_params:,}")
+    return lead + " and ".join(parts) if parts else ""
 
 
 def _progress_reporter(total: int) -> Any:
@@ -193,39 +259,81 @@ def profile(
     batch: Annotated[int, Opt(help="Batch size.")] = 1,
     dtype: Annotated[str, Opt(help="fp32 | fp16 | bf16 (fp16 and bf16 on cuda only).")] = "fp32",
     threads: Annotated[int, Opt(help="Intra-op threads (fixed and recorded).")] = 1,
-    resolution: Annotated[int | None, Opt(help="Input resolution. [default: space YAML]")] = None,
-    classes: Annotated[int | None, Opt(help="Number of classes. [default: space YAML]")] = None,
-    width_mult: Annotated[float | None, Opt(help="Width multiplier. [default: space YAML]")] = None,
+    preset: Annotated[str | None, Opt(help="Profile at this preset's config (widths, classes, resolution).")] = None,
+    resolution: Annotated[int | None, Opt(help="Input resolution. [default: space YAML or preset]")] = None,
+    classes: Annotated[int | None, Opt(help="Number of classes. [default: space YAML or preset]")] = None,
+    width_mult: Annotated[float | None, Opt(help="Width multiplier. [default: space YAML or preset]")] = None,
     n_validate: Annotated[int, Opt(help="Held-out random archs timed end to end.")] = 100,
     seed: Annotated[int, Opt(help="Seed of the fit and validation archs.")] = 0,
-    validate: Annotated[bool, Opt("--validate", help="Only re-run the validation of the existing table.")] = False,
-    out: Annotated[Path | None, Opt(help="Table file. [default: hardware_profiles/<device-id>/<space>-r<R>.yaml]")]
+    validate: Annotated[bool, Opt("--validate", help="Only re-run the validation of an existing table.")] = False,
+    rescale: Annotated[bool, Opt("--rescale", help="Time the table's reference network here and write a copy "
+                                 "rescaled to this host's speed.")] = False,
+    table: Annotated[Path | None, Opt(help="The table to --validate or --rescale. [default: --out if it exists, "
+                                      "else the table of --space/--device/--resolution]")] = None,
+    out: Annotated[Path | None, Opt(help="Table file to write. [default: <device-id>/<space>-r<R>.yaml in the user "
+                                    "profiles dir: $NAS_PROFILES_DIR, else ~/.local/share/nas/hardware_profiles]")]
     = None,
-    as_json: Annotated[bool, Opt("--json", help="Print the validation report as JSON.")] = False,
+    as_json: Annotated[bool, Opt("--json", help="Print the validation report (or the rescale) as JSON.")] = False,
 ) -> None:
     """Measure a latency table for a space on this machine, then validate it end to end.
 
-    Example: nas profile --space proxylessnas --device cpu --batch 1
+    Tables go to the user profiles dir; a committed table under hardware_profiles/ is replaced
+    only when --out names it.
+
+    Example: nas profile --space proxylessnas --device cpu --resolution 224
     """
+    from nas.hardware import store
     from nas.hardware.profile import profile as run_profile
     from nas.hardware.profile import validate as run_validate
-    from nas.hardware.table import LatencyTable, table_path
+    from nas.hardware.rescale import rescale as run_rescale
+    from nas.hardware.table import LatencyTable
     from nas.registry import TIMERS
-    from nas.space import load_space
+    from nas.space import find_preset, load_space
 
+    if validate and rescale:
+        raise UserError("--validate and --rescale: give at most one")
+    if table is not None and not (validate or rescale):
+        raise UserError(f"--table {table}: names the table to --validate or --rescale; a new table goes to --out")
     if n_validate < 2:
         raise UserError(f"--n-validate must be at least 2 (Spearman needs two archs); got {n_validate}")
     overrides = {k: v for k, v in {"resolution": resolution, "num_classes": classes,
                                    "width_mult": width_mult}.items() if v is not None}
+    if preset is not None:
+        arch = find_preset(preset)
+        if arch.space != space:
+            raise UserError(f"--preset {preset} belongs to space {arch.space!r}, not {space!r}; "
+                            f"add --space {arch.space}")
+        overrides = {**arch.config, **overrides}
     space_obj = load_space(space, overrides)
+    given = table or (out if out is not None and out.is_file() else None)
+    if rescale:
+        source = store.load_bound(given) if given else store.resolve_table(
+            store.default_device_id(device, threads, batch, dtype), space_obj, batch)
+        meta = source.metadata
+        path = out or store.table_path(store.default_device_id(meta.backend, meta.threads, meta.batch, meta.dtype),
+                                       load_space(meta.space, meta.space_config))
+        _check_writable(path)
+        rescaled, factor = run_rescale(source)
+        store.write_table(rescaled, path)
+        record = rescaled.metadata.rescaled
+        result = {"scale": factor, "table_scale": record.scale, "measured_ms": record.measured_ms,
+                  "stored_ms": record.stored_ms, "source": str(source.path), "table": str(path)}
+        if as_json:
+            _echo_json(result)
+            return
+        typer.echo(f"scale {factor:.3f}: this host ran the reference network in {record.measured_ms:.4g} ms, "
+                   f"the table {source.path} says {record.stored_ms:.4g} ms\nrescaled table (scale "
+                   f"{record.scale:.3f} of the measured one): {path}")
+        return
     timer = TIMERS.get(device)(threads=threads, batch=batch, dtype=dtype)
-    path = out or table_path(timer.device_id, space_obj)
+    path = out or store.table_path(timer.device_id, space_obj)
+    _check_writable(path)
     with _stage_reporter() as progress:
         if validate:
-            report = run_validate(LatencyTable.load(path, space_obj, batch), space_obj, timer, n=n_validate,
-                                  progress=progress, out_path=path)
+            source = LatencyTable.load(given, space_obj, batch) if given else store.resolve_table(
+                timer.device_id, space_obj, batch)
+            report = run_validate(source, space_obj, timer, n=n_validate, progress=progress, out_path=path)
         else:
-            _check_writable(path)
             report = run_profile(space_obj, timer, batch, path, n_validate=n_validate, seed=seed,
                                  progress=progress).validation.model_dump()
     if as_json:
@@ -235,14 +343,19 @@ def profile(
 
 
 def _check_writable(path: Path) -> None:
+    """Refuse an unwritable table path before minutes of timing; remove temp files of killed earlier writers."""
     import tempfile
+
+    from nas.hardware.store import remove_stale
 
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".probe-"):
             pass
     except OSError as err:
-        raise UserError(f"--out: cannot write {path} ({err.strerror}); choose a writable path") from None
+        raise UserError(f"--out: cannot write {path} ({err.strerror}); choose a writable --out (or set "
+                        f"NAS_PROFILES_DIR)") from None
+    remove_stale(path)
 
 
 def _print_report(report: dict[str, Any], device_id: str, path: Path) -> None:
@@ -255,7 +368,9 @@ def _print_report(report: dict[str, Any], device_id: str, path: Path) -> None:
            ["predictor", "MAPE %", "within 5%", "within 10%", "Spearman"], rows)
     typer.echo(f"re-measurement noise: {report['noise']:.2f}%   table: {path}")
     if not report.get("passes", False):
-        typer.echo("WARNING: the table misses the accuracy bar (95% within 10%, Spearman 0.95)", err=True)
+        from nas.hardware.profile import missed_criteria
+
+        typer.echo(f"WARNING: the table misses the accuracy bar: {'; '.join(missed_criteria(report))}", err=True)
 
 
 def _stage_reporter() -> Any:
@@ -293,6 +408,7 @@ def export_cmd(
 
 def _pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | None) -> Any:
     from nas.arch import Arch
+    from nas.config import load_json, read_bounded
     from nas.space import find_preset
 
     given = [n for n, v in (("--run-dir", run_dir), ("--arch", arch), ("--preset", preset)) if v is not None]
@@ -302,18 +418,23 @@ def _pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str |
         return find_preset(preset)
     if arch is not None:
         try:
-            return Arch.from_json(arch.read_text())
+            return Arch.from_json(read_bounded(arch, str(arch)))
         except OSError as err:
             raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
-        except (UnicodeDecodeError, UserError) as err:
+        except UserError as err:
             raise UserError(f"--arch {arch}: {err}") from None
     best_path = run_dir / "best.json"
     if not best_path.is_file():
         raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
     try:
-        best = json.loads(best_path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(f"--run-dir: {best_path} is not JSON ({err}); re-run the search to rewrite it") from None
+        best = load_json(read_bounded(best_path, "best.json"), "best.json")
+        if not isinstance(best, list) or not all(isinstance(r, dict) and "arch" in r for r in best):
+            raise UserError("not a list of records with an 'arch' each")
+    except OSError as err:
+        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror})") from None
+    except UserError as err:
+        raise UserError(f"--run-dir: {best_path} is damaged (not JSON, or not what `nas search` writes): {err}; "
+                        "re-run the search to rewrite it") from None
     if not 1 <= rank <= len(best):
         raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
     return Arch.from_dict(best[rank - 1]["arch"])
@@ -335,12 +456,19 @@ def main() -> None:
             where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
             typer.echo(f"error: {err.format_message()}{where}", err=True)
         sys.exit(getattr(err, "exit_code", 2))
+    except KeyboardInterrupt:  # a Ctrl+C before the search installed its own handler
+        typer.echo("stopped; re-run the same command to resume", err=True)
+        sys.exit(130)
     except UserError as err:
         if _state["debug"]:
             raise
         typer.echo(f"error: {err}", err=True)
         sys.exit(2)
     except NasError as err:
+        signum = getattr(err, "signum", None)  # nas.runner.Interrupted, without importing ray here
+        if signum is not None:
+            typer.echo(str(err), err=True)
+            sys.exit(128 + signum)
         if _state["debug"]:
             raise
         typer.echo(f"failed: {err}", err=True)

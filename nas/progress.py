@@ -8,12 +8,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from nas.runner import Progress
+from nas.trials import Progress
 
 
-def _best_text(best: dict[str, Any] | None) -> str:
+def _best_text(best: dict[str, Any] | None, done: int) -> str:
+    """The best feasible arch so far, or that none of the `done` archs keeps the bounds."""
     if best is None:
-        return "best: -"
+        return "best: none feasible yet" if done else "best: -"
     m = best["metrics"]
     parts = [f"score {best['score']:.4g}"]
     if "accuracy" in m:
@@ -35,7 +36,7 @@ def progress_reporter(total: int) -> Iterator[Progress]:
             task = bar.add_task("search", total=total, best="best: -")
 
             def update(done: int, budget: int, best: dict[str, Any] | None) -> None:
-                bar.update(task, completed=done, total=budget, best=_best_text(best))
+                bar.update(task, completed=done, total=budget, best=_best_text(best, done))
 
             yield update
         return
@@ -48,7 +49,7 @@ def progress_reporter(total: int) -> Iterator[Progress]:
             return
         last["logged"] = now
         elapsed = now - start
-        print(f"[search] {done}/{budget} archs, {elapsed:.0f} s, {_best_text(best)}", file=sys.stderr, flush=True)
+        print(f"[search] {done}/{budget} archs, {elapsed:.0f} s, {_best_text(best, done)}", file=sys.stderr, flush=True)
 
     yield log_line
 

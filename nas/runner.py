@@ -1,38 +1,66 @@
 """The Ray Tune bridge: runs a strategy's archs as Tune trials and keeps the run dir.
 
-The strategy sits behind Tune's `Searcher` interface (`_StrategySearcher`), which is
-the one place that knows trial ids. Each Tune trial scores a batch of archs (one for
-`train`, thousands for `lut`, since a Tune trial costs about a second to schedule)
-and `trials.jsonl` gets one line per arch. Every ask and every result is saved to the
-run dir before Tune sees it, so a search killed at any moment resumes: finished
-archs are kept, in-flight archs are evaluated again, the strategy state is restored.
+`run_search` checks the whole search (`nas.plan`), takes the run dir, checks it holds the
+same search, connects to the cluster and checks its resources, and only then writes the
+config. The strategy sits behind Tune's `Searcher` interface (`_StrategySearcher`), the one
+place that knows trial ids. Each Tune trial scores a batch of archs (one for `train`,
+thousands for `lut`, since a Tune trial costs about a second to schedule); an arch whose
+evaluation raises comes back as an error, not a failed trial, so it is retried and then
+recorded as failed (`nas.trials`). Every ask and every result is saved to the run dir
+before Tune sees it, so a search killed at any moment resumes. SIGINT and SIGTERM stop the
+search within seconds, with the run dir consistent; the CLI exits 130 or 143.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import time
-from collections.abc import Callable
-from datetime import UTC, datetime
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ray import tune
 from ray.tune.search import Searcher
 
 from nas.arch import Arch
 from nas.config import Objective, RunConfig
 from nas.errors import NasError, UserError
-from nas.evaluate.base import EvaluatorSpec, build_evaluator, evaluator_class
+from nas.evaluate.base import EvaluatorSpec, build_evaluator
+from nas.plan import SearchPlan, plan_search
 from nas.run_dir import RunDir
-from nas.space import SearchSpace, load_space
-from nas.strategies.base import Strategy, build_strategy
+from nas.space import SearchSpace
+from nas.trials import Progress, Search, rank
 
 log = logging.getLogger(__name__)
 
-Progress = Callable[[int, int, dict[str, Any] | None], None]
-"""Called as (archs done, budget, best record so far) after each finished trial."""
+__all__ = ["Interrupted", "Progress", "SearchResult", "decode", "encode", "evaluate_trial", "run_search"]
+
+
+class Interrupted(NasError):
+    """The search was stopped by a signal; the run dir is consistent and a re-run resumes it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__("stopped; re-run the same command to resume")
+        self.signum = signum
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a finished search found: its best archs (each once, feasible first) and counts."""
+
+    best: list[dict[str, Any]]
+    objective: Objective
+    n_archs: int
+    n_failed: int
+    n_feasible: int
+    exhausted: str | None
+    table: dict[str, Any] | None
 
 
 def encode(space: SearchSpace, arch: Arch) -> list[int]:
@@ -49,131 +77,65 @@ _EVALUATORS: dict[str, Any] = {}
 
 
 def evaluate_trial(config: dict[str, Any]) -> dict[str, Any]:
-    """Tune trial entry point: score a batch of archs in this worker; returns their metrics."""
+    """Tune trial entry point: score a batch of archs in this worker.
+
+    Returns one outcome per arch, `{"metrics": ...}` or `{"error": "Type: message"}`: an arch that
+    fails does not fail its batch, and the driver decides whether to retry it.
+    """
     import ray
 
-    spec = EvaluatorSpec.model_validate(config["spec"])
-    key = spec.model_dump_json()
-    if key not in _EVALUATORS:
-        _EVALUATORS[key] = build_evaluator(spec)
-    evaluator = _EVALUATORS[key]
-    results = [evaluator.evaluate(decode(evaluator.space, c)) for c in config["archs"]]
+    results = []
+    try:
+        spec = EvaluatorSpec.model_validate(config["spec"])
+        key = spec.model_dump_json()
+        if key not in _EVALUATORS:
+            _EVALUATORS[key] = build_evaluator(spec)
+        evaluator = _EVALUATORS[key]
+    except Exception as err:  # the evaluator cannot be built here: every arch of the batch fails alike
+        results = [{"error": _describe(err)}] * len(config["archs"])
+    else:
+        for choices in config["archs"]:
+            try:
+                results.append({"metrics": evaluator.evaluate(decode(evaluator.space, choices))})
+            except Exception as err:  # any failure of one arch is recorded against that arch
+                log.debug("arch failed:\n%s", traceback.format_exc())
+                results.append({"error": _describe(err)})
     node = ray.get_runtime_context().get_node_id()
     return {"results": results, "node": node, "host": socket.gethostname(), "pid": os.getpid()}
 
 
-class Search:
-    """One search in one run dir: strategy, evaluator spec, records and budget."""
-
-    def __init__(self, config: RunConfig, run_dir: RunDir, progress: Progress | None = None) -> None:
-        self.config = config
-        self.run_dir = run_dir
-        self.progress = progress
-        self.space = load_space(config.space, config.space_config)
-        evaluator_cls = evaluator_class(config.evaluator)
-        metric = config.objective.metric or evaluator_cls.default_metric
-        self.objective = Objective(**{**config.objective.model_dump(), "metric": metric})
-        table = _find_table(config, self.space, evaluator_cls.needs_table or self.objective.max_latency_ms is not None)
-        self.spec = EvaluatorSpec(
-            space=config.space, space_config=dict(self.space.config.model_dump()),
-            evaluator=config.evaluator, config=config.evaluator_config, table=table,
-        )
-        build_evaluator(self.spec)  # fail here, with a clear message, not in a worker
-        self.batch = min(config.archs_per_trial or evaluator_cls.archs_per_trial, config.trials)
-        self.strategy: Strategy = build_strategy(
-            config.strategy, config.strategy_config, self.space, self.objective, config.seed
-        )
-        self.records = run_dir.read_trials()
-        self._restore()
-        self.rerun = self.strategy.pending()
-        self.in_flight = 0
-        self.failed = 0
-
-    def _restore(self) -> None:
-        saved = self.run_dir.read_state()
-        if saved is None:
-            if self.records:
-                raise UserError(f"{self.run_dir.state_path} is missing but trials exist; the run dir is damaged")
-            return
-        self.strategy.load_state_dict(saved["strategy"])
-        for record in self.records[saved["n_recorded"]:]:
-            self.strategy.tell(Arch.from_dict(record["arch"]), record["metrics"])
-        self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
-
-    @property
-    def remaining(self) -> int:
-        """Archs still to be asked (not finished, not in flight, not queued for a re-run)."""
-        return self.config.trials - len(self.records) - self.in_flight - len(self.rerun)
-
-    def next_batch(self) -> list[Arch]:
-        """Archs for the next trial: in-flight archs of a killed run first, then new asks."""
-        if self.rerun:
-            archs, self.rerun = self.rerun[: self.batch], self.rerun[self.batch:]
-        else:
-            archs = [self.strategy.ask() for _ in range(min(self.batch, self.remaining))]
-            self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
-        self.in_flight += len(archs)
-        return archs
-
-    def record(self, archs: list[Arch], result: dict[str, Any]) -> None:
-        """Tell the strategy, append the finished archs to the log, save the strategy state.
-
-        Telling first is safe: the state file is replaced only after the log has the lines,
-        so a crash in between restores the archs as in flight and runs them again.
-        """
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        new = []
-        for arch, metrics in zip(archs, result["results"], strict=True):
-            new.append({
-                "trial": len(self.records) + len(new), "arch": arch.to_dict(), "hash": arch.hash,
-                "metrics": metrics, "score": self.strategy.tell(arch, metrics), "node": result["node"],
-                "host": result["host"], "pid": result["pid"], "finished_at": now,
-            })
-        self.run_dir.append_trials(new)
-        self.records.extend(new)
-        self.in_flight -= len(archs)
-        self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
-        if self.progress:
-            self.progress(len(self.records), self.config.trials, max(self.records, key=lambda r: r["score"]))
-
-    @property
-    def is_done(self) -> bool:
-        """Whether every arch of the budget has a trial line."""
-        return len(self.records) >= self.config.trials
+def _describe(err: BaseException) -> str:
+    first = str(err).splitlines()[0] if str(err) else ""
+    return f"{type(err).__name__}: {first}"[:500]
 
 
-def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> str | None:
-    from nas.hardware.table import resolve_table
-
-    try:
-        return str(resolve_table(config.hardware, space, batch=1).source)
-    except UserError:
-        if required or config.hardware is not None:
-            raise
-        log.info("no latency table for %s; latency is not reported", space.name)
-        return None
-
-
-_SEARCHES: dict[int, Search] = {}
-"""Live searches by id: Tune pickles its searcher, which must not carry the run dir's lock."""
+_SEARCHES: dict[int, tuple[Search, _Signals]] = {}
+"""Live searches by id: Tune pickles its searcher and stopper, which must not carry the run dir's lock."""
 
 
 class _StrategySearcher(Searcher):
     """Tune's view of the strategy: one suggestion is one batch of archs."""
 
-    def __init__(self, search: Search) -> None:
+    def __init__(self, search: Search, signals: _Signals) -> None:
         super().__init__(metric=None, mode=None)
         self.search_id = id(search)
-        _SEARCHES[self.search_id] = search
+        _SEARCHES[self.search_id] = (search, signals)
         self.live: dict[str, list[Arch]] = {}
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        search = _SEARCHES[self.search_id]
-        if not search.rerun and search.remaining <= 0:
+        search, signals = _SEARCHES[self.search_id]
+        if signals.signum is not None or search.should_stop:
             return Searcher.FINISHED
-        archs = search.next_batch()
+        try:
+            archs = search.next_batch()
+        except Exception as err:  # a failed state write: stop cleanly, raise it after Tune is done
+            search.stop_error = err if isinstance(err, NasError) else NasError(f"asking for archs failed: {err}")
+            return Searcher.FINISHED
+        if not archs:
+            return Searcher.FINISHED
         self.live[trial_id] = archs
-        return {"spec": search.spec.model_dump(mode="json"), "archs": [encode(search.space, a) for a in archs]}
+        space = search.plan.space
+        return {"spec": search.plan.spec.model_dump(mode="json"), "archs": [encode(space, a) for a in archs]}
 
     def save(self, checkpoint_path: str) -> None:
         """No-op: the run dir, not Tune, holds the strategy state."""
@@ -182,26 +144,66 @@ class _StrategySearcher(Searcher):
         """No-op: a search resumes from its run dir (see `Search`)."""
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        search = _SEARCHES[self.search_id]
-        archs = self.live.pop(trial_id)
-        if error or result is None or "results" not in result:
-            search.in_flight -= len(archs)
-            search.rerun.extend(archs)
-            search.failed += 1
+        search, signals = _SEARCHES[self.search_id]
+        archs = self.live.pop(trial_id, None)
+        if archs is None:  # Tune may report a trial twice; the first report counted
             return
-        search.record(archs, result)
+        try:
+            if result is not None and "results" in result:
+                search.record(archs, result)
+            elif signals.signum is not None or search.stop_error is not None:
+                search.in_flight -= len(archs)  # stopped on purpose: still pending, re-run on resume
+            else:
+                search.record_lost(archs, "the trial's Ray worker died (killed, or out of memory)")
+        except Exception as err:  # a full disk, say: stop the search, raise it when Tune is done
+            search.stop_error = err if isinstance(err, NasError) else NasError(f"recording results failed: {err}")
 
 
-def _connect(address: str | None, num_cpus: int | None) -> None:
-    import ray
+class _StopAll(tune.Stopper):
+    """Stops every trial once the search was interrupted or must stop for an error."""
 
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, **kwargs)
+    def __init__(self, search: Search) -> None:
+        self.search_id = id(search)
+
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        search, signals = _SEARCHES.get(self.search_id, (None, None))
+        return search is None or signals.signum is not None or search.stop_error is not None
+
+
+class _Signals:
+    """SIGINT and SIGTERM set a flag the search loop checks; a second signal exits at once."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            os.write(2, b"stopped; re-run the same command to resume\n")
+            os._exit(128 + signum)
+        self.signum = signum
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+    def check(self) -> None:
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+@contextmanager
+def _catching_signals() -> Iterator[_Signals]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = _Signals()
+    signals.install()
+    try:
+        yield signals
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
 
 
 def run_search(
@@ -210,57 +212,98 @@ def run_search(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: Progress | None = None,
-) -> list[dict[str, Any]]:
-    """Run (or resume) a search in `run_dir` on a Ray cluster; returns the best records.
+) -> SearchResult:
+    """Run (or resume) a search in `run_dir` on a Ray cluster; returns its best archs.
 
     Args:
         config: the search.
         run_dir: its directory; re-running the same config there resumes it.
-        address: a Ray cluster to join (`auto`, `host:port`); None starts a local one.
+        address: a Ray cluster to join (`auto`, `host:port`); None starts a private local one.
         num_cpus: CPUs of the local cluster (None: all of this machine's).
         progress: called after each finished trial.
+
+    Raises:
+        UserError: bad input, checked before anything is written.
+        Interrupted: SIGINT or SIGTERM; a re-run resumes.
+        NasError: a search that cannot go on (every trial failed, the disk is full, ...).
     """
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    with RunDir(run_dir) as rd:
-        rd.check_or_write_config(config.model_dump(mode="json"))
-        search = Search(config, rd, progress)
-        if progress:
-            best = max(search.records, key=lambda r: r["score"]) if search.records else None
-            progress(len(search.records), config.trials, best)
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stops the search and says how to resume
+    plan = plan_search(config)
+    with _catching_signals() as signals, RunDir(run_dir) as rd:
+        _check_same_search(rd, plan)
+        search = Search(plan, rd, progress)
+        concurrency = 0
         if not search.is_done:
-            _run_tune(search, rd, address, num_cpus)
+            concurrency = _connect(address, num_cpus, config.cpus_per_trial)
+            signals.install()  # ray.init installs its own SIGTERM handler
+            signals.check()
+        rd.write_config(plan.stored_config())
+        search.start()
         if not search.is_done:
-            raise NasError(
-                f"search stopped with {len(search.records)}/{config.trials} archs done "
-                f"({search.failed} trials failed); re-run the same command to resume"
-            )
-        return rd.write_best(search.records)
+            _run_tune(search, signals, rd, concurrency)
+        signals.check()
+        if search.stop_error is not None:
+            raise search.stop_error
+        if not search.is_done:
+            raise NasError(f"search stopped with {len(search.records)}/{config.trials} archs done; "
+                           "re-run the same command to resume")
+        best = rank(search.records, plan.objective)
+        rd.write_best(best)
+        return SearchResult(
+            best=best, objective=plan.objective, n_archs=len(search.records),
+            n_failed=sum(r.get("status") == "failed" for r in search.records),
+            n_feasible=sum(bool(r.get("feasible")) for r in search.records),
+            exhausted=search.exhausted, table=plan.table_record,
+        )
 
 
-def _run_tune(search: Search, rd: RunDir, address: str | None, num_cpus: int | None) -> None:
-    import ray
-    from ray import tune
+def _check_same_search(rd: RunDir, plan: SearchPlan) -> None:
+    """Refuse a run dir that holds another search, or was priced with another latency table."""
+    stored_config = plan.stored_config()
+    rd.check_config(stored_config, ignore=("hardware", "latency_table"))
+    stored = (rd.read_config() or {}).get("latency_table")
+    given = stored_config["latency_table"]
+    if stored and given and stored.get("sha256") != given["sha256"]:
+        raise UserError(
+            f"run dir {rd.path} was priced with latency table {stored.get('path')} (sha256 "
+            f"{str(stored.get('sha256'))[:12]}); the table found now is {given['path']} (sha256 "
+            f"{given['sha256'][:12]}); pass --hardware {stored.get('path')} if that file is unchanged, "
+            "or choose another --run-dir"
+        )
 
-    _connect(address, num_cpus)
-    cpus = int(ray.cluster_resources().get("CPU", 1))
-    concurrency = max(1, int(cpus // search.config.cpus_per_trial))
+
+def _connect(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> int:
+    """Join or start the cluster; the number of trials that can run at once."""
+    from nas.cluster import check_resources, connect
+
+    connect(address, num_cpus)
+    return check_resources(cpus_per_trial)
+
+
+def _run_tune(search: Search, signals: _Signals, rd: RunDir, concurrency: int) -> None:
     session = len(list((rd.path / "tune").glob("session-*"))) if (rd.path / "tune").exists() else 0
     tuner = tune.Tuner(
         tune.with_resources(evaluate_trial, {"cpu": search.config.cpus_per_trial}),
         tune_config=tune.TuneConfig(
-            search_alg=_StrategySearcher(search), num_samples=-1,
+            search_alg=_StrategySearcher(search, signals), num_samples=-1,
             max_concurrent_trials=concurrency, reuse_actors=True,
             trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
         ),
         run_config=tune.RunConfig(
             name=f"session-{session}", storage_path=str(rd.path / "tune"), verbose=0,
-            failure_config=tune.FailureConfig(max_failures=2),
+            stop=_StopAll(search),
+            # A trial fails only when its worker dies (an arch that raises comes back as an
+            # error): `Search` counts the attempt and retries its archs itself.
+            failure_config=tune.FailureConfig(max_failures=0),
         ),
     )
     # Trial results travel back in memory; Tune's result files are off, so its end-of-run
-    # metrics fetch has nothing to read and would warn about every trial.
+    # metrics fetch has nothing to read and would warn about every trial. Trials that did not
+    # complete (a killed worker) are retried and reported by `Search`, not by Tune's log line.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
+    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
     start = time.perf_counter()
     try:
         tuner.fit()

@@ -45,3 +45,6 @@ def synthetic_table(space_name: str, path: Path) -> Path:
 def lut_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The synthetic latency table of the proxylessnas demo config (see `synthetic_table`)."""
     return synthetic_table("proxylessnas", tmp_path_factory.mktemp("lut") / "proxylessnas-r32.yaml")
+
+
+from tests.cli_harness import in_tmp_dir, warm_cli  # noqa: E402, F401  (fixtures for CLI test modules)

@@ -24,6 +24,19 @@ INFEASIBLE = -1e9
 """Score offset of an arch that breaks a bound: below every feasible score."""
 
 
+_BOUNDS = (("latency_ms", "max_latency_ms"), ("params", "max_params"))
+
+
+def violations(objective: Objective, metrics: Mapping[str, float]) -> dict[str, list[float]]:
+    """The bounds `metrics` break: metric -> [value, bound] (empty when the arch is feasible)."""
+    broken = {}
+    for metric, field in _BOUNDS:
+        bound = getattr(objective, field)
+        if bound is not None and metric in metrics and float(metrics[metric]) > bound:
+            broken[metric] = [float(metrics[metric]), float(bound)]
+    return broken
+
+
 def score(objective: Objective, metrics: Mapping[str, float]) -> float:
     """Scalar to maximise: the objective's metric (negated for `min`) if every bound holds.
 
@@ -78,15 +91,25 @@ class Strategy(ABC):
 
     def tell(self, arch: Arch, metrics: Mapping[str, float]) -> float:
         """Report the metrics of an asked arch; returns the score it got."""
+        self._unpend(arch)
+        value = score(self.objective, metrics)
+        self.n_told += 1
+        self._observe(arch, value)
+        return value
+
+    def forget(self, arch: Arch) -> None:
+        """Drop an asked arch that will never be told: it failed, or it duplicates an arch in flight.
+
+        The strategy learns nothing from it; only the bookkeeping of pending archs changes.
+        """
+        self._unpend(arch)
+
+    def _unpend(self, arch: Arch) -> None:
         if self._pending[arch.hash] <= 0:
             raise NasError(f"told {arch!r}, which was never asked (or was told already)")
         self._pending[arch.hash] -= 1
         if not self._pending[arch.hash]:
             del self._pending[arch.hash], self._pending_archs[arch.hash]
-        value = score(self.objective, metrics)
-        self.n_told += 1
-        self._observe(arch, value)
-        return value
 
     def pending(self) -> list[Arch]:
         """Archs asked but not told yet (in-flight), each as often as it is pending."""

@@ -33,7 +33,7 @@ def test_lut_search_runs_and_keeps_the_bound(ray_local, space_name: str, strateg
     bound = float(np.median([table.predict(space.sample(rng)) for _ in range(50)]))
     config = RunConfig(space=space_name, strategy=strategy, evaluator="lut", trials=300, archs_per_trial=150,
                        hardware=str(table_path), objective=Objective(metric="macs", max_latency_ms=bound))
-    best = run_search(config, tmp_path / "run")
+    best = run_search(config, tmp_path / "run").best
     lines = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert [r["trial"] for r in lines] == list(range(300))
     assert best[0]["metrics"]["latency_ms"] <= bound

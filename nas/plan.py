@@ -1,0 +1,121 @@
+"""`plan_search`: check a whole search before anything is written or started.
+
+A typo must not leave a run dir behind that then refuses the corrected command, and a
+search that cannot measure its objective must not start Ray first. So everything a search
+needs is built and checked here, in the driver, with no side effects: the space and its
+config, the evaluator and its data (loaded once), the objective against what the evaluator
+measures, the latency table (found, validated, its bound reachable) and the strategy config.
+The result, a `SearchPlan`, is what the runner writes to the run dir once the cluster is up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from nas.config import Objective, RunConfig
+from nas.errors import UserError
+from nas.evaluate.base import EvaluatorSpec, build_evaluator, evaluator_class
+from nas.space import SearchSpace, load_space
+from nas.strategies.base import build_strategy
+from nas.strategies.dedup import Deduplicated
+
+if TYPE_CHECKING:
+    from nas.hardware.table import LatencyTable
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """A checked search: its config, space, objective, evaluator spec and latency table.
+
+    Attributes:
+        table_record: the latency table used (absolute path, device id, sha256 of the file,
+            scale), stored in `config.yaml`; None without a table.
+        batch: archs one Ray Tune trial scores.
+    """
+
+    config: RunConfig
+    space: SearchSpace
+    objective: Objective
+    spec: EvaluatorSpec
+    table: LatencyTable | None
+    table_record: dict[str, Any] | None
+    batch: int
+
+    def stored_config(self) -> dict[str, Any]:
+        """What `config.yaml` holds: the run config and the latency table it priced archs with."""
+        return {**self.config.model_dump(mode="json"), "latency_table": self.table_record}
+
+    def new_strategy(self) -> Deduplicated:
+        """A fresh strategy of the plan, deduplicated (the budget counts distinct archs)."""
+        config = self.config
+        return Deduplicated(build_strategy(config.strategy, config.strategy_config, self.space,
+                                           self.objective, config.seed))
+
+
+def plan_search(config: RunConfig) -> SearchPlan:
+    """Build and check everything `config` needs; writes nothing, starts nothing."""
+    space = load_space(config.space, config.space_config)
+    evaluator_cls = evaluator_class(config.evaluator)
+    objective = Objective(**{**config.objective.model_dump(),
+                             "metric": config.objective.metric or evaluator_cls.default_metric})
+    needs_table = evaluator_cls.needs_table or objective.max_latency_ms is not None \
+        or objective.metric == "latency_ms"
+    table = _find_table(config, space, needs_table)
+    _check_objective(objective, config.evaluator, evaluator_cls.metrics, has_table=table is not None)
+    if table is not None and objective.max_latency_ms is not None:
+        _check_bound_reachable(objective.max_latency_ms, table, space)
+    spec = EvaluatorSpec(
+        space=config.space, space_config=dict(space.config.model_dump()), evaluator=config.evaluator,
+        config=_absolute_paths(config.evaluator_config), table=table.source if table is not None else None,
+    )
+    build_evaluator(spec)  # its config and data, checked here rather than in every Ray worker
+    plan = SearchPlan(config=config, space=space, objective=objective, spec=spec, table=table,
+                      table_record=_table_record(table) if table is not None else None,
+                      batch=min(config.archs_per_trial or evaluator_cls.archs_per_trial, config.trials))
+    plan.new_strategy()  # the strategy config, checked
+    return plan
+
+
+def _check_objective(objective: Objective, evaluator: str, measured: tuple[str, ...], has_table: bool) -> None:
+    available = [m for m in measured if has_table or m != "latency_ms"]
+    if objective.metric not in available:
+        hint = "; latency_ms needs a latency table (--hardware)" if objective.metric == "latency_ms" else ""
+        raise UserError(f"--metric {objective.metric}: evaluator {evaluator} does not measure it; it measures "
+                        f"{', '.join(sorted(available))}{hint}")
+
+
+def _check_bound_reachable(bound: float, table: LatencyTable, space: SearchSpace) -> None:
+    cheapest = table.lower_bound(space)
+    if bound < cheapest:
+        raise UserError(f"--max-latency-ms {bound:g}: below the cheapest latency the table {table.source} "
+                        f"predicts for any {space.name} arch ({cheapest:.4g} ms); no arch can meet it; "
+                        f"allowed: at least {cheapest:.4g}")
+
+
+def _absolute_paths(evaluator_config: dict[str, Any]) -> dict[str, Any]:
+    """`data_dir` made absolute: Ray workers run in another working directory."""
+    config = dict(evaluator_config)
+    if config.get("data_dir") is not None:
+        config["data_dir"] = str(Path(config["data_dir"]).expanduser().resolve())
+    return config
+
+
+def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> LatencyTable | None:
+    from nas.hardware.table import resolve_table
+
+    try:
+        return resolve_table(config.hardware, space, batch=1)
+    except UserError:
+        if required or config.hardware is not None:
+            raise
+        return None
+
+
+def _table_record(table: LatencyTable) -> dict[str, Any]:
+    path = Path(table.source).resolve()
+    protocol = table.metadata.protocol
+    return {"path": str(path), "device_id": table.metadata.device_id,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "scale": float(protocol.get("scale", 1.0))}
