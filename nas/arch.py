@@ -17,7 +17,7 @@ from functools import cached_property
 from types import MappingProxyType
 from typing import Any
 
-from nas.errors import UserError
+from nas.errors import UserError, shorten
 
 Choice = str | int
 
@@ -70,23 +70,23 @@ class Arch:
     def from_dict(data: Any) -> Arch:
         """Build and validate an arch from its plain-dict form."""
         if not isinstance(data, dict) or set(data) != {"space", "choices", "config"}:
-            got = sorted(data) if isinstance(data, dict) else type(data).__name__
+            got = shorten(sorted(data)) if isinstance(data, dict) else type(data).__name__
             raise UserError(f"arch must be an object with keys choices, config, space; got {got}")
         if not isinstance(data["choices"], dict) or not isinstance(data["config"], dict):
             raise UserError("arch 'choices' and 'config' must be JSON objects")
+        if not isinstance(data["space"], str):
+            raise UserError(f"arch 'space' must be a space name (a string); got {shorten(data['space'])}")
         from nas.space import load_space
 
         space = load_space(data["space"], data["config"])
         return space.make_arch(data["choices"])
 
     @staticmethod
-    def from_json(text: str) -> Arch:
-        """Parse and validate canonical (or any) JSON of an arch."""
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise UserError(f"arch is not valid JSON: {err}") from None
-        return Arch.from_dict(data)
+    def from_json(text: str | bytes) -> Arch:
+        """Parse (within the limits of `nas.config.load_json`) and validate JSON of an arch."""
+        from nas.config import load_json
+
+        return Arch.from_dict(load_json(text, "arch"))
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Arch) and other.hash == self.hash

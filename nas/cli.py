@@ -213,14 +213,10 @@ def _print_best(result: Any) -> None:
     objective = result.objective
     rows = []
     for position, r in enumerate(result.best, 1):
-        m, broken = r["metrics"], r["violations"]
-
-        def cell(metric: str, scale: float = 1.0) -> str:
-            text = _fmt(m.get(metric), scale)
-            return f"{text} > {broken[metric][1] / scale:g}" if metric in broken else text
-
+        m = r["metrics"]
         rows.append([position if r["feasible"] else "-", r["hash"][:12], "yes" if r["feasible"] else "no",
-                     _fmt(m.get("accuracy")), cell("latency_ms"), cell("params", 1e6), _fmt(m["macs"], 1e6)])
+                     _fmt(m.get("accuracy")), _bounded_cell(r, "latency_ms"), _bounded_cell(r, "params", 1e6),
+                     _fmt(m["macs"], 1e6)])
     _table(f"best architectures ({objective.mode} {objective.metric}{_bounds_text(objective)})",
            ["rank", "arch", "feasible", "accuracy", "latency ms", "params M", "MACs M"], rows)
     summary = f"{result.n_archs} archs evaluated, {result.n_feasible} feasible"
@@ -235,6 +231,13 @@ def _print_best(result: Any) -> None:
     if result.n_archs and not result.n_feasible:
         typer.echo(f"no feasible arch found: every evaluated arch breaks{_bounds_text(objective, lead=' ')}; "
                    "the table lists the closest ones")
+
+
+def _bounded_cell(record: dict[str, Any], metric: str, scale: float = 1.0) -> str:
+    """A metric's value, with the bound it breaks beside it (`12.250 > 9.5`)."""
+    text = _fmt(record["metrics"].get(metric), scale)
+    broken = record["violations"].get(metric)
+    return f"{text} > {broken[1] / scale:g}" if broken else text
 
 
 def _bounds_text(objective: Any, lead: str = ", ") -> str:

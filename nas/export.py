@@ -1,19 +1,29 @@
 """Export one arch as JSON, a PyTorch checkpoint, TorchScript or ONNX, each verified after writing.
 
-`export` builds the network once (or takes a trained one), writes each requested
-format to a temp file in the output directory, loads that file back and compares it
-with the network on a seeded random batch of another size than the one used for
-tracing (so a baked-in batch size is caught), and only then `os.replace`s it into
-place. A file that fails its check is deleted and raises `NasError`: it is a bug,
-not a user mistake. Files are named `<space>-<short hash>.<format suffix>`.
+`export` builds the network once (or takes a trained one), writes every requested
+format into one temp directory inside the output directory, loads each file back and
+compares it with the network on a seeded random batch of another size than the one
+used for tracing (so a baked-in batch size is caught), and only when all pass
+`os.replace`s them into place. So a failed check (a `NasError`: a bug, not a user
+mistake) or a full disk (a `UserError`) changes nothing in the output directory, and
+a killed export leaves no partial file there, only its temp directory
+(`.export-<pid>-<host>-*`), which the next export in that directory removes. Files are
+named `<space>-<short hash>.<format suffix>`.
 """
 
 from __future__ import annotations
 
 import copy
+import errno
+import hashlib
+import io
 import logging
 import os
+import re
+import shutil
+import socket
 import tempfile
+import time
 import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -34,6 +44,9 @@ log = logging.getLogger(__name__)
 _TRACE_BATCH = 2  # batch of the example input used to trace / export
 _CHECK_BATCH = 3  # batch of the verification input: differs, so the batch axis must be dynamic
 _CALIBRATION_BATCHES, _CALIBRATION_BATCH = 2, 8  # random batches that set fresh batch-norm statistics
+_TEMP = ".export-"
+_TEMP_NAME = re.compile(r"\.export-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8})-|$)")
+_STALE_SECONDS = 3600  # a temp entry this old is stale whatever its pid says (pids are reused)
 
 
 @dataclass(frozen=True)
@@ -57,7 +70,7 @@ class Exporter(ABC):
 
     @abstractmethod
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
-        """Write `arch` / `model` to `path`; `example` is an input of the right shape."""
+        """Write `arch` / `model` to `path` (with `write_bytes`); `example` is an input of the right shape."""
 
     @abstractmethod
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor | None:
@@ -71,7 +84,7 @@ class JsonExporter(Exporter):
     suffix = "json"
 
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
-        path.write_text(arch.to_json() + "\n")
+        write_bytes(path, (arch.to_json() + "\n").encode())
 
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> None:
         _check_same_arch(Arch.from_json(path.read_text()), arch, path)
@@ -85,7 +98,9 @@ class StateDictExporter(Exporter):
     suffix = "pt"
 
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
-        torch.save({"arch": arch.to_json(), "state_dict": model.state_dict()}, path)
+        buffer = io.BytesIO()
+        torch.save({"arch": arch.to_json(), "state_dict": model.state_dict()}, buffer)
+        write_bytes(path, buffer.getvalue())
 
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -110,7 +125,9 @@ class TorchScriptExporter(Exporter):
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
-            torch.jit.save(traced, str(path))
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
+        write_bytes(path, buffer.getvalue())
 
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor:
         with warnings.catch_warnings():
@@ -131,13 +148,15 @@ class OnnxExporter(Exporter):
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
         # The TorchScript-based exporter (dynamo=False) needs no onnxscript and handles
         # every op of the spaces; it warns that it is deprecated, which is noise here.
+        buffer = io.BytesIO()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(
-                model, (example,), str(path), dynamo=False, opset_version=self.opset,
+                model, (example,), buffer, dynamo=False, opset_version=self.opset,
                 input_names=["input"], output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
+        write_bytes(path, buffer.getvalue())
 
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor:
         import onnx
@@ -147,6 +166,18 @@ class OnnxExporter(Exporter):
         session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         (logits,) = session.run(["logits"], {"input": x.numpy()})
         return torch.from_numpy(logits)
+
+
+def write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to the new file `path` and fsync it: the one place exporters touch the disk.
+
+    Exporters serialise to memory first, so a full disk always surfaces here as an `OSError`
+    (ENOSPC), which `export` reports, rather than inside a library as some other error.
+    """
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def export(
@@ -168,11 +199,16 @@ def export(
 
     Returns:
         The written files by format, in the order of `formats`, with their verification figure.
+
+    Raises:
+        UserError: a bad format or output directory, or the disk filled up; nothing was changed.
+        NasError: a written file did not load back or match the network; nothing was changed.
     """
     exporters = {name: EXPORTERS.get(name)() for name in dict.fromkeys(formats)}
     if not exporters:
         raise UserError(f"--format: no export format given; allowed: {', '.join(EXPORTERS.names())}")
     out = _writable_dir(Path(out_dir))
+    _remove_stale_temps(out)
     model = _build(arch, seed) if model is None else copy.deepcopy(model).cpu().eval()
     inputs = torch.randn(_TRACE_BATCH + _CHECK_BATCH, 3, arch.config["resolution"], arch.config["resolution"],
                          generator=torch.Generator().manual_seed(seed))  # (B, 3, R, R)
@@ -180,36 +216,93 @@ def export(
     with torch.inference_mode():
         expected = model(check)
     stem = f"{arch.space}-{arch.short_hash}"
-    return {
-        name: _write_verified(name, e, arch, model, example, check, expected, out / f"{stem}.{e.suffix}")
-        for name, e in exporters.items()
-    }
+    writing = "a temp directory"
+    try:
+        # One temp directory rather than mkstemp files: each file gets the umask's usual mode
+        # (not 0600) and its final name, and whatever a failed export leaves is removed.
+        with tempfile.TemporaryDirectory(dir=out, prefix=_temp_prefix()) as tmp_dir:
+            staged = {}
+            for name, exporter in exporters.items():
+                tmp = Path(tmp_dir) / f"{stem}.{exporter.suffix}"
+                writing = tmp.name
+                exporter.write(arch, model, example, tmp)
+                staged[name] = (tmp, _verify(name, exporter, arch, tmp, check, expected))
+            written = {}
+            for name, (tmp, diff) in staged.items():  # renames within one directory: atomic, need no space
+                os.replace(tmp, out / tmp.name)
+                written[name] = Exported(name, out / tmp.name, diff)
+                log.info("wrote %s (max abs diff %.3g)", out / tmp.name, diff)
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise UserError(f"--out {out}: disk full while writing {writing}; nothing was written or changed there; "
+                        "free some space and re-run") from None
+    return written
 
 
-def _write_verified(
-    name: str, exporter: Exporter, arch: Arch, model: nn.Module,
-    example: torch.Tensor, check: torch.Tensor, expected: torch.Tensor, path: Path,
-) -> Exported:
-    """Write into a temp directory beside `path`, verify, then move the file into place."""
-    # A temp directory rather than mkstemp: the file gets the umask's usual mode (not
-    # 0600) and its final name, and whatever a failed attempt leaves is removed.
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp_dir:
-        tmp = Path(tmp_dir) / path.name
-        exporter.write(arch, model, example, tmp)
+def _verify(name: str, exporter: Exporter, arch: Arch, path: Path, check: torch.Tensor,
+            expected: torch.Tensor) -> float:
+    """Largest output difference of the written file `path` from PyTorch; `NasError` if over tolerance."""
+    try:
+        got = exporter.reload(arch, path, check)
+    except Exception as err:  # whatever stops the file loading back fails its verification
+        if type(err) is NasError:
+            raise
+        reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        raise NasError(f"export {name}: {path.name} does not load back ({reason}); nothing was written") from err
+    diff = 0.0 if got is None else _max_abs_diff(got, expected, name)
+    if not diff <= exporter.tolerance:  # also catches NaN
+        raise NasError(f"export {name}: {path.name} differs from PyTorch by {diff:.3g} "
+                       f"(tolerance {exporter.tolerance:g}); nothing was written")
+    return diff
+
+
+def _temp_prefix() -> str:
+    """`.export-<pid>-<host>-`: whose temp entry it is, so a later export can tell a dead one."""
+    return f"{_TEMP}{os.getpid()}-{_host_tag()}-"
+
+
+def _host_tag() -> str:
+    """8 hex digits of this host's name: an output directory on a shared disk sees several hosts' pids."""
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _remove_stale_temps(out: Path) -> None:
+    """Remove temp entries that killed exports left in `out`: their process is gone, or they are old.
+
+    An entry whose name carries no host counts as this host's (older exports named none).
+    """
+    now, host = time.time(), _host_tag()
+    for entry in out.iterdir():
+        if not entry.name.startswith(_TEMP):
+            continue
+        match = _TEMP_NAME.match(entry.name)
         try:
-            got = exporter.reload(arch, tmp, check)
-        except Exception as err:  # whatever stops the file loading back fails its verification
-            if type(err) is NasError:
-                raise
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
-            raise NasError(f"export {name}: {path.name} does not load back ({reason})") from err
-        diff = 0.0 if got is None else _max_abs_diff(got, expected, name)
-        if not diff <= exporter.tolerance:  # also catches NaN
-            raise NasError(f"export {name}: {path.name} differs from PyTorch by {diff:.3g} "
-                           f"(tolerance {exporter.tolerance:g}); the file was not kept")
-        os.replace(tmp, path)
-    log.info("wrote %s (max abs diff %.3g)", path, diff)
-    return Exported(name, path, diff)
+            old = now - entry.lstat().st_mtime > _STALE_SECONDS
+        except OSError:  # removed meanwhile
+            continue
+        ours = match is not None and match["host"] in (None, host)
+        if old or (ours and not _is_alive(int(match["pid"]))):
+            log.info("removing %s, left by an export that did not finish", entry)
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
+def _is_alive(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's counts)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OverflowError, OSError):  # no such pid can exist
+        return False
+    return True
 
 
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:
@@ -252,7 +345,7 @@ def _writable_dir(out: Path) -> Path:
     """`out`, created if missing, after proving a file can be created in it."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=out, prefix=".probe-", suffix=".tmp")
+        fd, probe = tempfile.mkstemp(dir=out, prefix=f"{_temp_prefix()}probe-", suffix=".tmp")
     except OSError as err:
         raise UserError(f"--out {out}: cannot write there ({err.strerror or err}); "
                         "choose a writable directory") from None
@@ -261,4 +354,4 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
-__all__ = ["Exported", "Exporter", "export"]
+__all__ = ["Exported", "Exporter", "export", "write_bytes"]

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from nas.errors import NasError, UserError
+from nas.errors import NasError, UserError, shorten
 
 T = TypeVar("T")
 
@@ -46,12 +46,10 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         """The member named `name`, or a `UserError` listing the known names."""
         self._load()
-        try:
-            return self._items[name]
-        except KeyError:
-            raise UserError(
-                f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}"
-            ) from None
+        item = self._items.get(name) if isinstance(name, str) else None
+        if item is None:
+            raise UserError(f"unknown {self.kind} {shorten(name)}; known: {', '.join(self.names())}")
+        return item
 
     def names(self) -> list[str]:
         """Every registered name, sorted."""

@@ -32,7 +32,7 @@ import yaml
 from filelock import FileLock, Timeout
 
 from nas.arch import canonical_json
-from nas.errors import NasError, UserError
+from nas.errors import NasError, UserError, shorten
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -102,6 +102,8 @@ def arch_hash(arch: dict[str, Any]) -> str:
 
 _MAX_LINE = 1 << 20
 """Longest trial line read (bytes): a line is an arch and a few metrics, a few KB."""
+_MAX_STATE = 256 << 20
+"""Largest strategy state read (bytes): populations and learned weights, far below this."""
 
 
 class RunDir:
@@ -114,8 +116,10 @@ class RunDir:
         self.config_path = self.path / "config.yaml"
         self._lock: FileLock | None = None
         self._good_length: int | None = None  # bytes of complete lines in trials.jsonl, once read
+        self._created = False
 
     def __enter__(self) -> RunDir:
+        self._created = not self.path.exists()
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             probe = self.path / ".write-probe"
@@ -133,10 +137,21 @@ class RunDir:
             ) from None
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+        if exc_type is not None and self._created:
+            self._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """Remove the run dir this search created if it failed before writing anything but its lock."""
+        try:
+            if {p.name for p in self.path.iterdir()} <= {".lock"}:
+                (self.path / ".lock").unlink(missing_ok=True)
+                self.path.rmdir()
+        except OSError:
+            pass  # left in place: an empty dir is harmless, and a later search reuses it
 
     # -- config ---------------------------------------------------------------------
     def read_config(self) -> dict[str, Any] | None:
@@ -160,8 +175,8 @@ class RunDir:
         for key in sorted(set(stored) | set(config)):
             if key not in skip and stored.get(key) != config.get(key):
                 raise UserError(
-                    f"run dir {self.path} holds a different search ({key}: stored {_short(stored.get(key))}, "
-                    f"given {_short(config.get(key))}); re-run with the same settings or choose another --run-dir"
+                    f"run dir {self.path} holds a different search ({key}: stored {shorten(stored.get(key))}, "
+                    f"given {shorten(config.get(key))}); re-run with the same settings or choose another --run-dir"
                 )
         if isinstance(stored.get("trials"), int) and config["trials"] < stored["trials"]:
             raise UserError(
@@ -205,7 +220,7 @@ class RunDir:
         if not isinstance(record, dict) or not {"trial", "arch", "hash", "metrics"} <= set(record):
             raise UserError(f"{where} is not a trial record (needs trial, arch, hash, metrics); {fix}")
         if record["trial"] != number - 1:
-            raise UserError(f"{where} has trial number {_short(record['trial'])}, expected {number - 1} "
+            raise UserError(f"{where} has trial number {shorten(record['trial'])}, expected {number - 1} "
                             f"(lines were removed or reordered); {fix}")
         if not isinstance(record["arch"], dict) or arch_hash(record["arch"]) != record["hash"]:
             raise UserError(f"{where}: the arch does not match its hash (the line was edited); {fix}")
@@ -245,11 +260,13 @@ class RunDir:
         """The saved strategy state, or None before the first save."""
         if not self.state_path.exists():
             return None
+        from nas.config import load_json
+
         fix = "the run dir is damaged; restore it or choose another --run-dir"
         try:
-            state = json.loads(self.state_path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
-            raise UserError(f"{self.state_path} is not JSON; {fix}") from None
+            state = load_json(self.state_path.read_bytes(), str(self.state_path), max_bytes=_MAX_STATE)
+        except UserError as err:
+            raise UserError(f"{err}; {fix}") from None
         if not isinstance(state, dict) or not isinstance(state.get("n_recorded"), int) or "strategy" not in state:
             raise UserError(f"{self.state_path} is not a strategy state (needs n_recorded, strategy); {fix}")
         return state
@@ -262,7 +279,3 @@ class RunDir:
         """Write the best records (ranked by the caller)."""
         write_atomic(self.path / "best.json", json.dumps(best, sort_keys=True, indent=1))
 
-
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"

@@ -278,8 +278,29 @@ def _connect(address: str | None, num_cpus: int | None, cpus_per_trial: float) -
     """Join or start the cluster; the number of trials that can run at once."""
     from nas.cluster import check_resources, connect
 
+    if address is None:  # a local cluster's CPUs are known before it starts
+        cpus = num_cpus or os.cpu_count() or 1
+        if cpus_per_trial > cpus:
+            raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: more than the local cluster has ({cpus} CPUs); "
+                            f"give at most {cpus}")
     connect(address, num_cpus)
     return check_resources(cpus_per_trial)
+
+
+class _DropMessages(logging.Filter):
+    def __init__(self, prefix: str) -> None:
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(self.prefix)
+
+
+def _drop_messages(logger: str, prefix: str) -> None:
+    """Drop a logger's records that start with `prefix` (once per process)."""
+    target = logging.getLogger(logger)
+    if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in target.filters):
+        target.addFilter(_DropMessages(prefix))
 
 
 def _run_tune(search: Search, signals: _Signals, rd: RunDir, concurrency: int) -> None:
@@ -304,6 +325,7 @@ def _run_tune(search: Search, signals: _Signals, rd: RunDir, concurrency: int) -
     # complete (a killed worker) are retried and reported by `Search`, not by Tune's log line.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
+    _drop_messages("ray.tune.execution.tune_controller", "Trial task failed")
     start = time.perf_counter()
     try:
         tuner.fit()

@@ -13,13 +13,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
+from pydantic import Field
 
 from nas.arch import Arch, Choice, canonical_json
-from nas.config import SPACES_DIR, Frozen, PresetSpec, SpaceFile, load_yaml, parse
-from nas.errors import NasError, UserError
+from nas.config import SPACES_DIR, PresetSpec, SpaceFile, UserConfig, load_yaml, parse
+from nas.errors import NasError, UserError, shorten
 from nas.registry import SPACES
 
 if TYPE_CHECKING:
@@ -58,11 +59,20 @@ class LatencyTerm:
     keys: Callable[[tuple[Choice, ...]], tuple[str, ...]]
 
 
-class SpaceConfig(Frozen):
-    """Config keys every space has; a space subclasses this with its own."""
+# Bounds of every space config, so no config asks for more memory than a machine has: the
+# largest published input is NASNet-A Large's 331 px and the most classes ImageNet-21k's 21841.
+MAX_RESOLUTION = 1024
+MAX_CLASSES = 100_000
+NumClasses = Annotated[int, Field(gt=0, le=MAX_CLASSES)]
+WidthMult = Annotated[float, Field(gt=0, le=4)]
+"""Published width multipliers are 0.35 to 1.4; 4 leaves room and keeps networks buildable."""
 
-    resolution: int
-    num_classes: int
+
+class SpaceConfig(UserConfig):
+    """Config keys every space has; a space subclasses this with its own (same bounds, its own minimum)."""
+
+    resolution: int = Field(gt=0, le=MAX_RESOLUTION)
+    num_classes: NumClasses
 
 
 class SearchSpace(ABC):
@@ -114,7 +124,7 @@ class SearchSpace(ABC):
         """A fresh module of the unit `key` (the one `build` uses) and its input shape."""
         entry = self.unit_table.get(key)
         if entry is None:
-            raise UserError(f"{self.name}: {key!r} is not a latency key of this space at config "
+            raise UserError(f"{self.name}: {shorten(key)} is not a latency key of this space at config "
                             f"{canonical_json(self.config.model_dump())}; see all_latency_keys() for the "
                             f"{len(self.unit_table)} keys")
         factory, input_shape = entry
@@ -153,7 +163,7 @@ class SearchSpace(ABC):
         unknown = sorted(set(choices) - set(self._decisions))
         if unknown:
             raise UserError(
-                f"{self.name}: unknown decision {unknown[0]!r}; decisions are e.g. "
+                f"{self.name}: unknown decision {shorten(unknown[0])}; decisions are e.g. "
                 f"{', '.join(list(self._decisions)[:4])}, ... ({len(self._decisions)} in all)"
             )
         missing = [name for name in self._decisions if name not in choices]
@@ -163,7 +173,7 @@ class SearchSpace(ABC):
             allowed = self._decisions[name].choices
             if value not in allowed or type(value) is not type(allowed[allowed.index(value)]):
                 raise UserError(
-                    f"{self.name}: decision {name!r} has no choice {value!r}; "
+                    f"{self.name}: decision {name!r} has no choice {shorten(value)}; "
                     f"allowed: {', '.join(map(str, allowed))}"
                 )
         self.check(choices)
@@ -220,7 +230,7 @@ class SearchSpace(ABC):
         """The published arch `name`, at the preset's own config (e.g. 224x224, 1000 classes)."""
         spec = self._preset_specs.get(name)
         if spec is None:
-            raise UserError(f"{self.name}: unknown preset {name!r}; known: {', '.join(self.preset_names())}")
+            raise UserError(f"{self.name}: unknown preset {shorten(name)}; known: {', '.join(self.preset_names())}")
         space = load_space(self.name, spec.config)
         return space.make_arch(spec.choices)
 
@@ -290,20 +300,37 @@ def _space_file(name: str) -> SpaceFile:
     return parse(SpaceFile, load_yaml(path), str(path))
 
 
+def parse_space_config(
+    name: str, overrides: Mapping[str, Any] | None = None, where: str | None = None, *,
+    prefix: str = "", flags: Mapping[str, str] | None = None,
+) -> SpaceConfig:
+    """The validated config of space `name`: its YAML defaults merged with `overrides`.
+
+    `where`, `prefix` and `flags` shape the message of a bad value as in `nas.config.parse`,
+    e.g. `run config: --width-mult (space_config.width_mult): ...`.
+    """
+    where = where or f"{name} space config"
+    if not isinstance(overrides, Mapping | None):
+        raise UserError(f"{where}: the space config must be a mapping of keys; got {shorten(overrides)}")
+    cls = SPACES.get(name)
+    merged = {**_space_file(name).defaults, **(overrides or {})}
+    return parse(cls.config_model, merged, where, prefix=prefix, flags=flags)
+
+
 def load_space(name: str, overrides: Mapping[str, Any] | None = None) -> SearchSpace:
-    """The registered space `name` at its YAML defaults merged with `overrides`."""
-    return _load_space(name, canonical_json(dict(overrides or {})))
+    """The registered space `name` at its YAML defaults merged with `overrides` (validated)."""
+    try:
+        key = canonical_json(dict(overrides or {}))
+    except (TypeError, ValueError):  # NaN, infinity or a non-JSON value: the config model names the key
+        parse_space_config(name, overrides)
+        raise UserError(f"{name} space config: not plain JSON data; got {shorten(overrides)}") from None
+    return _load_space(name, key)
 
 
 @cache
 def _load_space(name: str, overrides_json: str) -> SearchSpace:
-    import json
-
-    cls = SPACES.get(name)
-    spec = _space_file(name)
-    merged = {**spec.defaults, **json.loads(overrides_json)}
-    config = parse(cls.config_model, merged, f"{name} space config")
-    return cls(config, spec.presets)
+    config = parse_space_config(name, json.loads(overrides_json))
+    return SPACES.get(name)(config, _space_file(name).presets)
 
 
 def space_of(arch: Arch) -> SearchSpace:
@@ -317,18 +344,23 @@ def find_preset(name: str) -> Arch:
         if name in _space_file(space_name).presets:
             return load_space(space_name).preset(name)
     known = sorted(p for s in SPACES.names() for p in _space_file(s).presets)
-    raise UserError(f"unknown preset {name!r}; known: {', '.join(known)}")
+    raise UserError(f"unknown preset {shorten(name)}; known: {', '.join(known)}")
 
 
 __all__ = [
     "ChainSpace",
     "Decision",
     "LatencyTerm",
+    "MAX_CLASSES",
+    "MAX_RESOLUTION",
+    "NumClasses",
     "SearchSpace",
     "SpaceConfig",
     "Unit",
+    "WidthMult",
     "find_preset",
     "hwc",
     "load_space",
+    "parse_space_config",
     "space_of",
 ]

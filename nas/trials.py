@@ -10,6 +10,7 @@ never loops.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -21,6 +22,8 @@ from nas.plan import SearchPlan
 from nas.run_dir import RunDir
 from nas.strategies.base import violations
 from nas.strategies.dedup import SpaceExhausted
+
+log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, dict[str, Any] | None], None]
 """Called as (archs done, budget, best feasible record so far or None) after each finished trial."""
@@ -155,6 +158,8 @@ class Search:
 
     def record_lost(self, archs: list[Arch], reason: str) -> None:
         """A trial died without results (its worker was killed): each of its archs used one attempt."""
+        log.warning("a Ray worker died with %d archs in flight (%s); they run again, up to %d attempts each",
+                    len(archs), reason, self.failure_limit)
         self.record(archs, {"results": [{"error": reason}] * len(archs), "node": None, "host": None, "pid": None})
 
     def _failed_for_good(self, arch: Arch, error: str) -> bool:

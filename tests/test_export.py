@@ -1,13 +1,21 @@
-"""Export: every registered format for the tiny ProxylessNAS preset, verified; bad requests write nothing."""
+"""Export: every registered format for the tiny ProxylessNAS preset, verified; bad requests, full disks and kills
+change nothing at the destination."""
 
 from __future__ import annotations
 
+import errno
+import os
+import re
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import onnxruntime
 import pytest
 import torch
 
+from nas import export as export_module
 from nas.arch import Arch
 from nas.errors import NasError, UserError
 from nas.export import OnnxExporter, export
@@ -95,3 +103,131 @@ def test_checked_outputs_depend_on_the_input(arch: Arch) -> None:
         logits = model(torch.randn(4, 3, arch.config["resolution"], arch.config["resolution"]))
     assert float(logits.std(0).max()) > 0.05
     assert not model.training
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir())}
+
+
+def _nth_name(arch: Arch, n: int) -> str:
+    """The file name of the `n`-th of json, pt, torchscript, onnx, as a regex."""
+    suffix = ["json", "pt", "torchscript.pt", "onnx"][n - 1]
+    return re.escape(f"proxylessnas-{arch.short_hash}.{suffix}")
+
+
+@pytest.mark.parametrize("fail_at", [1, 2, 4])
+def test_full_disk_changes_nothing(arch: Arch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fail_at: int) -> None:
+    """The disk fills during the `fail_at`-th file: files of this run are removed, older ones stay as they were."""
+    out = tmp_path / "out"
+    out.mkdir()
+    old = out / f"proxylessnas-{arch.short_hash}.json"
+    old.write_text("an older export\n")
+    before = _files(out)
+    calls = []
+
+    def full_disk(path: Path, data: bytes) -> None:
+        calls.append(path.name)
+        if len(calls) == fail_at:
+            path.write_bytes(data[: len(data) // 2])  # a partial file, as a real full disk leaves
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, data)
+
+    real_write = export_module.write_bytes
+    monkeypatch.setattr(export_module, "write_bytes", full_disk)
+    with pytest.raises(UserError, match=rf"--out {out}: disk full while writing {_nth_name(arch, fail_at)}; "
+                                        r"nothing was written or changed there") as err:
+        export(arch, ["json", "pt", "torchscript", "onnx"], out)
+    assert "\n" not in str(err.value)
+    assert len(calls) == fail_at
+    assert _files(out) == before  # no temp directory, no new file, the old file untouched
+
+
+def test_other_write_errors_are_not_called_a_full_disk(
+    arch: Arch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: Path, data: bytes) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(export_module, "write_bytes", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        export(arch, ["json"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failed_check_writes_no_format(
+    arch: Arch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(OnnxExporter, "tolerance", -1.0)
+    with pytest.raises(NasError, match="nothing was written"):
+        export(arch, ["json", "pt", "onnx"], tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_stale_temp_entries_are_removed(arch: Arch, tmp_path: Path) -> None:
+    from nas.export import _host_tag
+
+    dead = tmp_path / ".export-123456789"  # no such pid (above the kernel's pid_max)
+    (dead / "sub").mkdir(parents=True)
+    (dead / "sub" / "big.onnx").write_bytes(b"x" * 1000)
+    dead_here = tmp_path / f".export-123456789-{_host_tag()}-abcd1234"
+    dead_here.mkdir()
+    probe = tmp_path / f".export-123456789-{_host_tag()}-probe-x.tmp"
+    probe.write_text("")
+    live = tmp_path / f".export-{os.getpid()}-{_host_tag()}-abcd1234"  # a concurrent export of this process
+    live.mkdir()
+    elsewhere = tmp_path / ".export-123456789-0000abcd-abcd1234"  # another host's pid: cannot tell, so kept
+    elsewhere.mkdir()
+    old = tmp_path / ".export-qw3e4r5t"  # the unnamed kind older versions left: removed once an hour old
+    old.mkdir()
+    os.utime(old, (time.time() - 7200, time.time() - 7200))
+    young = tmp_path / ".export-zx8c7v6b"
+    young.mkdir()
+    keep = tmp_path / "notes.export-1"
+    keep.write_text("mine")
+    export(arch, ["json"], tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [live.name, elsewhere.name, young.name, keep.name, f"proxylessnas-{arch.short_hash}.json"])
+
+
+_EXPORT_SCRIPT = """
+import sys
+import nas.export as e
+real = e.write_bytes
+def slow(path, data):
+    real(path, data)
+    print("wrote", path, flush=True)
+    import time; time.sleep(60)  # killed here, after the first file, while it sits in the temp dir
+e.write_bytes = slow
+sys.argv = ["nas", "export", "--preset", "proxylessnas_tiny", "--format", "json,pt", "--out", sys.argv[1]]
+import nas.cli
+nas.cli.main()
+"""
+
+
+@pytest.mark.slow
+def test_killed_export_leaves_no_partial_file_and_the_next_run_cleans_up(arch: Arch, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    stem = f"proxylessnas-{arch.short_hash}"
+    (out / f"{stem}.pt").write_bytes(b"an older export")
+    proc = subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT, str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()  # blocks until the first file is written (or the process dies)
+        assert line.startswith("wrote "), f"export did not start: {line!r} {proc.stderr.read()}"
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stdout.close()
+        proc.stderr.close()
+    temps = [p.name for p in out.iterdir() if p.name.startswith(".export-")]
+    assert len(temps) == 1 and temps[0].startswith(f".export-{proc.pid}-"), temps
+    assert (out / f"{stem}.pt").read_bytes() == b"an older export"  # untouched
+    assert not (out / f"{stem}.json").exists()  # the written file was still in the temp dir
+
+    again = subprocess.run([sys.executable, "-m", "nas.cli", "export", "--preset", "proxylessnas_tiny", "--format",
+                            "json,pt", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in out.iterdir()) == [f"{stem}.json", f"{stem}.pt"]
+    assert Arch.from_json((out / f"{stem}.json").read_text()) == arch
+    assert torch.load(out / f"{stem}.pt", weights_only=True)["arch"] == arch.to_json()

@@ -127,3 +127,34 @@ def test_a_signal_stops_the_search_cleanly_and_the_same_command_resumes(
                           timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _trial_numbers(run_dir) == list(range(3000))
+
+
+def test_a_killed_worker_loses_nothing_and_leaves_no_stray_error(lut_path: Path, tmp_path: Path) -> None:
+    import psutil
+
+    run_dir = tmp_path / "run"
+    args = ["--evaluator", "lut", "--hardware", str(lut_path), "--trials", "2000", "--archs-per-trial", "10",
+            "--run-dir", str(run_dir), "--num-cpus", "2"]
+    err = tmp_path / "stderr.txt"
+    proc = _start(args, err)
+    log = run_dir / "trials.jsonl"
+    killed = None
+    deadline = time.monotonic() + 180
+    while killed is None and proc.poll() is None and time.monotonic() < deadline:
+        if log.exists() and len(log.read_text().splitlines()) >= 50:
+            workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                       if "evaluate_trial" in " ".join(p.cmdline()) or "ImplicitFunc" in " ".join(p.cmdline())]
+            if workers:
+                workers[0].kill()
+                killed = workers[0].pid
+        time.sleep(0.05)
+    try:
+        rc = proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    stderr = err.read_text()
+    assert killed is not None, f"no trial worker found to kill: {stderr[-3000:]}"
+    assert rc == 0, stderr[-3000:]
+    assert "Trials did not complete" not in stderr and "Traceback" not in stderr, stderr[-3000:]
+    assert _trial_numbers(run_dir) == list(range(2000))

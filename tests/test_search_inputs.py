@@ -32,11 +32,24 @@ def _search(table: Path, run_dir: Path, *more: str) -> list[str]:
     (["--max-latency-ms", "0.0001"], ["--max-latency-ms 0.0001", "cheapest"]),
     (["--strategy", "evolution", "--population-size", "0"], ["population_size", "0"]),
     (["--num-cpus", "0"], ["--num-cpus", "0"]),
+    (["--cpus-per-trial", "1000"], ["--cpus-per-trial 1000", "at most 1"]),
 ])
 def test_a_typo_writes_nothing(table: Path, tmp_path: Path, more: list[str], needles: list[str]) -> None:
     run_dir = tmp_path / "run"
     assert_user_error(run_cli(*_search(table, run_dir, *more)), *needles)
     assert not run_dir.exists(), sorted(p.name for p in run_dir.rglob("*"))
+
+
+@pytest.mark.parametrize(("address", "needles"), [
+    ("127.0.0.1:1", ["--address 127.0.0.1:1", "cannot connect"]),
+    ("garbage", ["--address 'garbage'", "host:port"]),
+])
+def test_an_unreachable_cluster_is_one_line_and_writes_nothing(table: Path, tmp_path: Path, address: str,
+                                                               needles: list[str]) -> None:
+    run_dir = tmp_path / "run"
+    args = [a for a in _search(table, run_dir) if a not in ("--num-cpus", "1")]
+    assert_user_error(run_cli(*args, "--address", address, timeout=60), *needles)
+    assert not run_dir.exists()
 
 
 @pytest.mark.slow

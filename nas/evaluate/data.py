@@ -6,7 +6,9 @@ classes) ships with scikit-learn, so it needs no download: it is upscaled biline
 to R x R, replicated to three channels and split per class with a seeded
 `numpy.random.Generator`. `cifar10` reads the standard python-pickle release
 (`cifar-10-batches-py`): train from the `data_batch_*` files present, validation
-from `test_batch`. Nothing is ever downloaded.
+from `test_batch`. Nothing is ever downloaded. Each CIFAR-10 file is read once per
+process while it is unchanged (cached by path, modification time and size), so a
+search checks the whole data set at its start and its workers reload it cheaply.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from nas.errors import UserError
+from nas.errors import UserError, shorten
 
 DATASETS = ("cifar10", "digits")
 
 # Per-channel statistics of the CIFAR-10 training set (the usual published values).
 _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
+_MAX_RESOLUTION = 1024  # as nas.space.MAX_RESOLUTION; 60,000 CIFAR images at 1024 px are already 750 GB
+_CIFAR_REEXTRACT = "re-extract cifar-10-python.tar.gz"
 _CIFAR_FIX = "point --data-dir at the extracted cifar-10-batches-py directory (data_batch_1..5, test_batch)"
 
 
@@ -68,12 +72,12 @@ def load_dataset(
         val_fraction: share of each digits class held out for validation.
     """
     if name not in DATASETS:
-        raise UserError(f"--data: unknown data set {name!r}; allowed: {', '.join(DATASETS)}")
-    if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 1:
-        raise UserError(f"--resolution: must be a positive integer, got {resolution!r}")
+        raise UserError(f"--data: unknown data set {shorten(name)}; allowed: {', '.join(DATASETS)}")
+    if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= _MAX_RESOLUTION:
+        raise UserError(f"--resolution: must be an integer in [1, {_MAX_RESOLUTION}], got {shorten(resolution)}")
     if name == "digits":
         if not 0.0 < val_fraction < 1.0:
-            raise UserError(f"--val-fraction: must lie strictly between 0 and 1, got {val_fraction!r}")
+            raise UserError(f"--val-fraction: must lie strictly between 0 and 1, got {shorten(val_fraction)}")
         return _digits(resolution, seed, float(val_fraction))
     return _cifar10(data_dir, resolution)
 
@@ -126,10 +130,10 @@ def _cifar10(data_dir: str | Path | None, resolution: int) -> Dataset:
         raise UserError(f"--data-dir {root}: no data_batch_* files; {_CIFAR_FIX}")
     if not (root / "test_batch").is_file():
         raise UserError(f"--data-dir {root}: no test_batch file (the validation split); {_CIFAR_FIX}")
-    parts = [_read_cifar_batch(path) for path in batches]
+    parts = [_read_cifar_file(path) for path in batches]
     x_train = np.concatenate([p[0] for p in parts])
     y_train = np.concatenate([p[1] for p in parts])
-    x_val, y_val = _read_cifar_batch(root / "test_batch")
+    x_val, y_val = (part.copy() for part in _read_cifar_file(root / "test_batch"))  # the cached arrays are read-only
     return Dataset("cifar10", _cifar_images(x_train, resolution), torch.from_numpy(y_train),
                    _cifar_images(x_val, resolution), torch.from_numpy(y_val), num_classes=10)
 
@@ -159,9 +163,24 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Images (N, 3072) uint8 and labels (N,) int64 of one CIFAR-10 pickle file."""
-    fix = "re-extract cifar-10-python.tar.gz"
+def _read_cifar_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """`_read_cifar_batch`, cached while the file keeps its path, modification time and size."""
+    try:
+        stat = path.stat()
+    except OSError as err:
+        raise UserError(f"--data-dir: cannot read {path} ({err.strerror}); {_CIFAR_REEXTRACT}") from None
+    return _read_cifar_batch(path.resolve(), stat.st_mtime_ns, stat.st_size)
+
+
+# Six files of 30 MB: the whole release. The arrays are shared: callers copy before changing them.
+@lru_cache(maxsize=6)
+def _read_cifar_batch(path: Path, mtime_ns: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 3072) uint8 and labels (N,) int64 of one CIFAR-10 pickle file (`mtime_ns`, `size`: cache key).
+
+    Both pickles of the release are read: the original one (bytes keys, `b"data"`) and the
+    one that Python 3 code re-pickles (str keys, `"data"`).
+    """
+    fix = _CIFAR_REEXTRACT
     try:
         with path.open("rb") as f:
             batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()
@@ -170,17 +189,24 @@ def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except Exception as err:  # unpickling fails in many ways (EOFError, ValueError, ...): all mean corrupt
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise UserError(f"--data-dir: {path} is not a CIFAR-10 pickle ({reason}); {fix}") from None
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
-        raise UserError(f"--data-dir: {path} is not a CIFAR-10 batch (no b'data'/b'labels' entries); {fix}")
-    data = np.asarray(batch[b"data"])
-    labels = np.asarray(batch[b"labels"])
+    if not isinstance(batch, dict):
+        raise UserError(f"--data-dir: {path} is not a CIFAR-10 batch (a {type(batch).__name__}, not a dict); {fix}")
+    entries = {key.decode(errors="replace") if isinstance(key, bytes) else key: value for key, value in batch.items()}
+    if "data" not in entries or "labels" not in entries:
+        found = shorten(sorted(map(str, entries)))
+        raise UserError(f"--data-dir: {path} is not a CIFAR-10 batch (keys {found}, need data and labels); {fix}")
+    data = np.asarray(entries["data"])
+    labels = np.asarray(entries["labels"])
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
-        got = f"{data.dtype} {data.shape}"
+        got = shorten(f"{data.dtype} {data.shape}")
         raise UserError(f"--data-dir: {path}: data is {got}, expected uint8 (N, 3072); {fix}")
     is_int = labels.shape == (len(data),) and np.issubdtype(labels.dtype, np.integer)
     if not is_int or (len(labels) > 0 and (labels.min() < 0 or labels.max() > 9)):
         raise UserError(f"--data-dir: {path}: labels must be {len(data)} integers in 0..9; {fix}")
-    return data, labels.astype(np.int64)
+    data.setflags(write=False)
+    labels = labels.astype(np.int64)
+    labels.setflags(write=False)
+    return data, labels
 
 
 __all__ = ["DATASETS", "Dataset", "load_dataset"]

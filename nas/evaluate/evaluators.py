@@ -3,18 +3,22 @@
 `lut` needs no training: latency from the table, params and MACs from the space's
 per-unit counts, at tens of thousands of archs per second. `train` builds the
 network, trains it for a few epochs on the data set and reports validation
-accuracy beside the same cost metrics.
+accuracy beside the same cost metrics. `normalize_evaluator_config` turns a run's
+evaluator config into what is stored and sent to workers (paths made absolute).
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pydantic import Field
+from pydantic import ConfigDict, Field, field_validator
 
 from nas.arch import Arch
+from nas.config import SEED_LIMIT, parse
+from nas.errors import UserError, shorten
 from nas.evaluate.base import Evaluator, EvaluatorConfig
 from nas.registry import EVALUATORS
 
@@ -37,15 +41,50 @@ class LutEvaluator(Evaluator):
 
 
 class TrainConfig(EvaluatorConfig):
-    """Short-training settings: a proxy of the final accuracy, not a full training."""
+    """Short-training settings: a proxy of the final accuracy, not a full training.
 
-    data: str = "digits"
+    `data_dir` is made absolute when validated: the evaluator may be built in a Ray worker
+    that runs in another working directory.
+    """
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+    data: str = Field(default="digits", max_length=100)
     data_dir: Path | None = None
-    epochs: int = Field(default=2, gt=0)
-    batch_size: int = Field(default=64, gt=0)
-    lr: float = Field(default=0.05, gt=0)
-    seed: int = 0
-    threads: int = Field(default=1, gt=0)
+    epochs: int = Field(default=2, gt=0, le=10_000)
+    batch_size: int = Field(default=64, gt=0, le=65_536)
+    lr: float = Field(default=0.05, gt=0, le=100)
+    seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    threads: int = Field(default=1, gt=0, le=1024)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _absolute(cls, path: Path | None) -> Path | None:
+        return None if path is None else path.expanduser().resolve()
+
+
+def normalize_evaluator_config(
+    name: str, config: Mapping[str, Any], where: str | None = None, *, prefix: str = "",
+    flags: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """`config` of evaluator `name`, validated, as plain JSON data with its paths made absolute.
+
+    Store this (not what the user typed) in the run config and the evaluator spec: workers
+    run in another directory, so a relative `data_dir` would name another place there. Only
+    the keys given are returned (defaults stay in one place, the config model).
+
+    Args:
+        name: a registered evaluator.
+        config: its config overrides (the run config's `evaluator_config`).
+        where: the source, for messages (default `evaluator <name> config`).
+        prefix: key path of `config` in a larger config (`evaluator_config.`), for messages.
+        flags: full key path (`evaluator_config.data_dir`) -> CLI flag, for messages.
+    """
+    cls = EVALUATORS.get(name)
+    if not isinstance(config, Mapping):
+        raise UserError(f"{where or name}: evaluator_config must be a mapping of keys; got {shorten(config)}")
+    checked = parse(cls.config_model, dict(config), where or f"evaluator {name} config", prefix=prefix, flags=flags)
+    return checked.model_dump(mode="json", exclude_unset=True)
 
 
 @EVALUATORS.register("train")
@@ -62,19 +101,15 @@ class TrainEvaluator(Evaluator):
         self._check_data()
 
     def _check_data(self) -> None:
-        """Refuse a bad data set when the search starts, not in every Ray worker.
+        """Refuse a bad data set when the search starts, not in every Ray worker (where it would fail each trial).
 
-        `digits` is loaded here (small, cached per process). A CIFAR-10 directory that has its
-        files is left to the workers; one that lacks them goes to the loader, which names what
-        is missing before it reads anything.
+        The whole data set is loaded: a corrupt or foreign file anywhere in it is a `UserError`
+        here. Files stay cached per process, so a worker's own load costs little.
         """
         from nas.evaluate.data import load_dataset
 
-        root = self.config.data_dir
-        if self.config.data == "cifar10" and root is not None and (Path(root) / "test_batch").is_file() \
-                and any(Path(root).glob("data_batch_*")):
-            return
-        load_dataset(self.config.data, root, resolution=self.space.config.resolution, seed=self.config.seed)
+        load_dataset(self.config.data, self.config.data_dir, resolution=self.space.config.resolution,
+                     seed=self.config.seed)
 
     def evaluate(self, arch: Arch) -> dict[str, float]:
         import torch

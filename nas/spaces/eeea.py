@@ -35,7 +35,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Annotated
 
 from pydantic import Field, field_validator
 from torch import Tensor, nn
@@ -44,25 +43,25 @@ from nas.arch import Arch, Choice
 from nas.errors import UserError
 from nas.ops.darts import OP_NAMES, DartsCell, FactorizedReduce, ReLUConvBN, is_identity, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, hwc
 
 CELLS = ("normal", "reduce")
 STEM_MULTIPLIER = 3  # stem width = 3 C [model.py NetworkCIFAR]
-
-PositiveInt = Annotated[int, Field(gt=0)]
 
 
 class EEEAConfig(SpaceConfig):
     """Input size, classes, initial channels C, cells L, blocks B per cell and the candidate ops."""
 
-    resolution: int = Field(ge=8, multiple_of=4)  # two factorized reductions need even sizes
-    num_classes: PositiveInt
-    init_channels: PositiveInt
-    layers: int = Field(ge=3)
+    resolution: int = Field(ge=8, le=MAX_RESOLUTION, multiple_of=4)  # two factorized reductions need even sizes
+    num_classes: NumClasses
+    # Upper bounds: about ten times DARTS' largest published network (C = 48, L = 20).
+    init_channels: int = Field(gt=0, le=512)
+    layers: int = Field(ge=3, le=200)
     # B <= 5: a cell type's loose ends depend on the inputs of blocks 2..B-1, one latency term
     # whose choices multiply to 3600 at B = 5 but 129600 at B = 6.
     blocks: int = Field(ge=2, le=5)
-    ops: tuple[str, ...] = Field(min_length=1)  # any DARTS-family tokens of nas.ops.darts.OP_NAMES
+    # Any distinct DARTS-family tokens of nas.ops.darts.OP_NAMES.
+    ops: tuple[str, ...] = Field(min_length=1, max_length=len(OP_NAMES))
 
     @field_validator("ops")
     @classmethod

@@ -52,7 +52,7 @@ from nas.arch import Arch, Choice
 from nas.errors import UserError
 from nas.ops.nasnet import OPS, FactorizedReduction, Head, NASNet, NASNetCell, Stem, make_op
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, hwc
 
 NORMAL, REDUCTION = "normal", "reduction"
 CELL_TYPES = (NORMAL, REDUCTION)
@@ -61,7 +61,6 @@ _BLOCK_STATES = tuple(range(2, 2 + BLOCKS))  # hidden states made by the blocks
 # Choice tokens of `b{b}.inputs`: the unordered pairs of the b + 2 states block b can read.
 _PAIRS = tuple(tuple(f"{i}+{j}" for i in range(b + 2) for j in range(i, b + 2)) for b in range(BLOCKS))
 
-PositiveInt = Annotated[int, Field(gt=0)]
 HiddenState = Annotated[int, Field(ge=0, le=1 + BLOCKS)]
 _Factory = Callable[[], nn.Module]
 
@@ -69,15 +68,16 @@ _Factory = Callable[[], nn.Module]
 class NASNetConfig(SpaceConfig):
     """Input, classes, stem, N (normal cells per stack), F (filters) and slim's extra output states."""
 
-    resolution: int = Field(ge=16)
-    num_classes: PositiveInt
+    resolution: int = Field(ge=16, le=MAX_RESOLUTION)
+    num_classes: NumClasses
     stem: Literal["cifar", "imagenet"]
-    cells_per_stack: PositiveInt
-    num_filters: PositiveInt
-    stem_multiplier: float = Field(default=3.0, gt=0)
+    # Upper bounds: about five times NASNet-A Large (N = 6, F = 168, stem multiplier 3).
+    cells_per_stack: int = Field(gt=0, le=32)
+    num_filters: int = Field(gt=0, le=1024)
+    stem_multiplier: float = Field(default=3.0, gt=0, le=16)
     skip_reduction_layer_input: bool = False
-    normal_concat_extra: tuple[HiddenState, ...] = ()
-    reduction_concat_extra: tuple[HiddenState, ...] = ()
+    normal_concat_extra: tuple[HiddenState, ...] = Field(default=(), max_length=2 + BLOCKS)
+    reduction_concat_extra: tuple[HiddenState, ...] = Field(default=(), max_length=2 + BLOCKS)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
     @field_validator("normal_concat_extra", "reduction_concat_extra")

@@ -34,7 +34,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Annotated
 
 import numpy as np
 from pydantic import Field
@@ -43,7 +42,7 @@ from torch import nn
 from nas.arch import Arch, Choice
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import Decision, LatencyTerm, SearchSpace, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, WidthMult, hwc
 
 # OFA `base_stage_width`: stem, first block, five stages, final expand, feature mix.
 _STEM, _FIRST, _FINAL_EXPAND, _FEATURE_MIX = 16, 16, 960, 1280
@@ -57,15 +56,13 @@ _SLOTS = max(DEPTHS)
 _ACTS: dict[str, Callable[[], nn.Module]] = {"relu": nn.ReLU, "hswish": nn.Hardswish}
 _BN_EPS = 1e-5  # OFA `bn_param` (0.1, 1e-5)
 
-PositiveInt = Annotated[int, Field(gt=0)]
-
 
 class OFAMobileNetV3Config(SpaceConfig):
     """Input size, classes, width multiplier (OFA's supernets: 1.0, 1.2) and classifier dropout."""
 
-    resolution: int = Field(ge=32)
-    num_classes: PositiveInt
-    width_mult: float = Field(default=1.0, gt=0)
+    resolution: int = Field(ge=32, le=MAX_RESOLUTION)
+    num_classes: NumClasses
+    width_mult: WidthMult = 1.0
     dropout: float = Field(default=0.1, ge=0.0, lt=1.0)
 
 

@@ -32,7 +32,7 @@ from torch import nn
 
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import ChainSpace, Decision, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, ChainSpace, Decision, NumClasses, SpaceConfig, WidthMult, hwc
 
 # Search-script defaults [search/imagenet_arch_search.py]: (width, blocks, stride) per stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))
@@ -47,20 +47,21 @@ _OPS = {
 }
 ZERO = "zero"
 
-PositiveInt = Annotated[int, Field(gt=0)]
-StageWidths = tuple[PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt, PositiveInt]
+# Widths: about ten times the widest released ones (stages up to 448, feature mix up to 1792).
+Width = Annotated[int, Field(gt=0, le=4096)]
+StageWidths = tuple[Width, Width, Width, Width, Width, Width]
 
 
 class ProxylessNASConfig(SpaceConfig):
     """Input size, classes and widths; a width left None comes from `width_mult` as in the search code."""
 
-    resolution: int = Field(ge=32)
-    num_classes: PositiveInt
-    width_mult: float = Field(default=1.0, gt=0)
-    stem_width: PositiveInt | None = None
-    first_block_width: PositiveInt | None = None
+    resolution: int = Field(ge=32, le=MAX_RESOLUTION)
+    num_classes: NumClasses
+    width_mult: WidthMult = 1.0
+    stem_width: Width | None = None
+    first_block_width: Width | None = None
     stage_widths: StageWidths | None = None
-    feature_mix_width: PositiveInt | None = None
+    feature_mix_width: int | None = Field(default=None, gt=0, le=16384)
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0)
 
 

@@ -30,14 +30,13 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, partial
-from typing import Annotated
 
 from pydantic import Field
 from torch import nn
 
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import ChainSpace, Decision, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, ChainSpace, Decision, NumClasses, SpaceConfig, WidthMult, hwc
 
 # [supernet_macro.py single_path_search]: (width, layers, first-layer stride) per searchable stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2))
@@ -46,16 +45,14 @@ _STEM, _FIRST, _LAST = 32, 16, 320  # stem conv, fixed block 0 (k3 e1), fixed bl
 _OPS = {"k3e3": (3, 3), "k3e6": (3, 6), "k5e3": (5, 3), "k5e6": (5, 6)}
 SKIP = "skip"
 
-PositiveInt = Annotated[int, Field(gt=0)]
-
 
 class SinglePathConfig(SpaceConfig):
     """Input size, classes, width multiplier, head width and classifier dropout."""
 
-    resolution: int = Field(ge=32)
-    num_classes: PositiveInt
-    width_mult: float = Field(default=1.0, gt=0)
-    head_width: PositiveInt = 1280
+    resolution: int = Field(ge=32, le=MAX_RESOLUTION)
+    num_classes: NumClasses
+    width_mult: WidthMult = 1.0
+    head_width: int = Field(default=1280, gt=0, le=16384)  # ten times the published 1280, with room
     dropout: float = Field(default=0.2, ge=0.0, lt=1.0)
 
 

@@ -113,3 +113,54 @@ def test_bad_resolution_and_val_fraction() -> None:
         load_dataset("digits", resolution=0)
     with pytest.raises(UserError, match="--val-fraction"):
         load_dataset("digits", val_fraction=1.0)
+
+
+def _write_str_keyed(root: Path) -> None:
+    """The variant that Python 3 code re-pickles: str keys, protocol 4."""
+    rng = np.random.default_rng(1)
+    root.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        batch = {"batch_label": name, "data": rng.integers(0, 256, size=(4, 3072), dtype=np.uint8),
+                 "labels": [0, 1, 2, 9]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=4))
+
+
+def test_cifar10_str_keyed_pickles_are_read(tmp_path: Path) -> None:
+    _write_str_keyed(tmp_path / "cifar")
+    d = load_dataset("cifar10", tmp_path / "cifar")
+    assert d.x_train.shape == (4, 3, 32, 32) and d.y_val.tolist() == [0, 1, 2, 9]
+
+
+def test_cifar10_foreign_keys_are_named(tmp_path: Path) -> None:
+    _write_cifar(tmp_path / "cifar", n_batches=1)
+    (tmp_path / "cifar" / "test_batch").write_bytes(pickle.dumps({"images": [], "targets": []}))
+    with pytest.raises(UserError, match=r"test_batch is not a CIFAR-10 batch \(keys \['images', 'targets'\], "
+                                        r"need data and labels\)") as err:
+        load_dataset("cifar10", tmp_path / "cifar")
+    assert "\n" not in str(err.value)
+
+
+def test_cifar10_files_are_read_once_while_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    written = _write_cifar(tmp_path / "cifar", n_batches=1)
+    reads = []
+    original = data_module._NumpyOnlyUnpickler.load
+    monkeypatch.setattr(data_module._NumpyOnlyUnpickler, "load", lambda self: reads.append(1) or original(self))
+    first = load_dataset("cifar10", tmp_path / "cifar")
+    load_dataset("cifar10", tmp_path / "cifar", resolution=16)
+    assert len(reads) == 2  # data_batch_1 and test_batch, once each
+    first.x_val.zero_()  # a caller's change to its tensors must not reach the cache
+    assert load_dataset("cifar10", tmp_path / "cifar").x_val.abs().sum() > 0
+    assert len(reads) == 2
+    rows, labels = written["test_batch"]
+    with (tmp_path / "cifar" / "test_batch").open("wb") as f:  # changed: read again
+        pickle.dump({b"data": rows[:5], b"labels": labels[:5]}, f, protocol=2)
+    assert len(load_dataset("cifar10", tmp_path / "cifar").y_val) == 5
+    assert len(reads) == 3
+
+
+def test_resolution_is_bounded() -> None:
+    with pytest.raises(UserError, match=r"--resolution: must be an integer in \[1, 1024\], got 10000000"):
+        load_dataset("digits", resolution=10_000_000)
+    with pytest.raises(UserError, match=r"unknown data set 'xxx.*…' \(1000000 chars\)") as err:
+        load_dataset("x" * 1_000_000)
+    assert len(str(err.value)) < 300

@@ -1,0 +1,83 @@
+"""The train evaluator's data check: bad data fails once when the search starts, not in every trial."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nas.errors import UserError
+from nas.evaluate.base import EvaluatorSpec, build_evaluator
+from nas.evaluate.evaluators import TrainConfig, normalize_evaluator_config
+from tests.cli_harness import assert_user_error, run_cli
+
+
+def _cifar(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True)
+    for name in ("data_batch_1", "test_batch"):
+        batch = {b"data": rng.integers(0, 256, size=(4, 3072), dtype=np.uint8), b"labels": [0, 1, 2, 3]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=2))
+    return root
+
+
+def _spec(config: dict) -> EvaluatorSpec:
+    return EvaluatorSpec(space="proxylessnas", evaluator="train", config=config)
+
+
+def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _cifar(tmp_path / "data" / "cifar")
+    monkeypatch.chdir(tmp_path)
+    config = normalize_evaluator_config("train", {"data": "cifar10", "data_dir": "data/cifar"})
+    assert config == {"data": "cifar10", "data_dir": str(tmp_path.resolve() / "data" / "cifar")}
+    assert TrainConfig(data_dir="~/x").data_dir == Path.home() / "x"
+    monkeypatch.chdir(tmp_path / "data")  # a Ray worker runs elsewhere: the stored path still finds the data
+    assert build_evaluator(_spec(config)).config.data_dir == tmp_path.resolve() / "data" / "cifar"
+    assert normalize_evaluator_config("lut", {}) == {}
+
+
+def test_normalize_refuses_bad_values() -> None:
+    with pytest.raises(UserError, match=r"evaluator train config: lr: .*finite.*got nan"):
+        normalize_evaluator_config("train", {"lr": float("nan")})
+    with pytest.raises(UserError, match="unknown key 'epoch'"):
+        normalize_evaluator_config("train", {"epoch": 3})
+    with pytest.raises(UserError, match=r"seed: .*\[0, 4294967296\)"):
+        normalize_evaluator_config("train", {"seed": -1})
+
+
+@pytest.mark.parametrize("damage", ["truncated", "str_keys_foreign", "not_uint8"])
+def test_bad_cifar_file_fails_when_the_evaluator_is_built(tmp_path: Path, damage: str) -> None:
+    root = _cifar(tmp_path / "cifar")
+    target = root / "data_batch_1"
+    if damage == "truncated":
+        target.write_bytes(target.read_bytes()[:100])
+    elif damage == "str_keys_foreign":
+        target.write_bytes(pickle.dumps({"pixels": [], "labels": []}))
+    else:
+        target.write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}))
+    with pytest.raises(UserError, match="data_batch_1") as err:
+        build_evaluator(_spec({"data": "cifar10", "data_dir": str(root)}))
+    assert "\n" not in str(err.value)
+
+
+def test_str_keyed_cifar_is_accepted_at_start(tmp_path: Path) -> None:
+    root = tmp_path / "cifar"
+    root.mkdir()
+    for name in ("data_batch_1", "test_batch"):
+        batch = {"data": np.zeros((3, 3072), np.uint8), "labels": [1, 2, 3]}
+        (root / name).write_bytes(pickle.dumps(batch, protocol=4))
+    evaluator = build_evaluator(_spec({"data": "cifar10", "data_dir": str(root)}))
+    assert evaluator.config.data_dir == root.resolve()
+
+
+@pytest.mark.usefixtures("warm_cli", "in_tmp_dir")
+def test_search_refuses_a_corrupt_cifar_file_before_any_trial() -> None:
+    root = _cifar(Path("cifar"))
+    (root / "test_batch").write_bytes(b"\x80\x02}q\x00(truncated")
+    proc = run_cli("search", "--evaluator", "train", "--data", "cifar10", "--data-dir", "cifar", "--trials", "2",
+                   "--run-dir", "run")
+    assert_user_error(proc, os.path.join("cifar", "test_batch"), "not a CIFAR-10 pickle", "re-extract")
+    assert not Path("run/trials.jsonl").exists()
