@@ -37,6 +37,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.errors import NasError, UserError
 from nas.registry import EXPORTERS
+from nas.run_dir import is_running
 from nas.space import space_of
 
 log = logging.getLogger(__name__)
@@ -282,27 +283,12 @@ def _remove_stale_temps(out: Path) -> None:
         except OSError:  # removed meanwhile
             continue
         ours = match is not None and match["host"] in (None, host)
-        if old or (ours and not _is_alive(int(match["pid"]))):
+        if old or (ours and not is_running(int(match["pid"]))):
             log.info("removing %s, left by an export that did not finish", entry)
             if entry.is_dir() and not entry.is_symlink():
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
-
-
-def _is_alive(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):  # no such pid can exist
-        return False
-    return True
 
 
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:

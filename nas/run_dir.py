@@ -78,20 +78,25 @@ def remove_stale_temps(path: Path) -> list[Path]:
     removed = []
     for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
         pid = tmp.name[len(Path(path).name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and _is_running(int(pid)):
+        if pid.isdigit() and is_running(int(pid)):
             continue  # a live writer's file (or an unrelated process that reuses the pid: left alone)
         tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed
 
 
-def _is_running(pid: int) -> bool:
+def is_running(pid: int) -> bool:
+    """Whether process `pid` exists on this host (another user's counts)."""
+    if pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    except (OverflowError, OSError):  # no such pid can exist
+        return False
     return True
 
 

@@ -18,6 +18,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("strategy_name", STRATEGIES.names())
 
 
+@pytest.fixture(scope="module")
+def ray_local():
+    """A local Ray cluster of 2 CPUs for the tests of one module (searches join it)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

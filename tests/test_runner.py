@@ -16,15 +16,6 @@ from nas.run_dir import RunDir
 from nas.runner import run_search
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _lut_config(lut_path: Path, trials: int, **kw) -> RunConfig:
     return RunConfig(space="proxylessnas", strategy="evolution", evaluator="lut", trials=trials,
                      hardware=str(lut_path), objective=Objective(metric="macs", max_latency_ms=1.2), **kw)

@@ -21,15 +21,6 @@ from nas.runner import run_search
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def _config(lut_path: Path, trials: int, **objective) -> RunConfig:
     return RunConfig(space="proxylessnas", strategy="evolution", evaluator="lut", trials=trials, archs_per_trial=50,
                      hardware=str(lut_path), objective=Objective(metric="macs", **objective))

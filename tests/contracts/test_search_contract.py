@@ -15,15 +15,6 @@ from nas.space import load_space
 from tests.conftest import synthetic_table
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 @pytest.mark.parametrize("strategy", ["random", "evolution"])
 def test_lut_search_runs_and_keeps_the_bound(ray_local, space_name: str, strategy: str, tmp_path: Path) -> None:
     """300 archs in two trials: all logged, the best keeps the latency bound and beats the first feasible arch."""
