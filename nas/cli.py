@@ -197,7 +197,8 @@ def search(
     run_config = merge_run_config(config, flags)
     run_dir = run_dir or Path("runs") / f"{run_config.space}-{run_config.strategy}-{run_config.evaluator}"
     with _progress_reporter(run_config.trials) as progress:
-        result = run_search(run_config, run_dir, address=address, num_cpus=num_cpus, progress=progress)
+        result = run_search(run_config, run_dir, address=address, num_cpus=num_cpus, progress=progress,
+                            notify=lambda line: typer.echo(line, err=True))
     if as_json:
         _echo_json(result.best)
         return

@@ -10,7 +10,6 @@ The result, a `SearchPlan`, is what the runner writes to the run dir once the cl
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -104,7 +103,7 @@ def _absolute_paths(evaluator_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> LatencyTable | None:
-    from nas.hardware.table import resolve_table
+    from nas.hardware.store import resolve_table
 
     try:
         return resolve_table(config.hardware, space, batch=1)
@@ -115,7 +114,6 @@ def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> Latenc
 
 
 def _table_record(table: LatencyTable) -> dict[str, Any]:
-    path = Path(table.source).resolve()
-    protocol = table.metadata.protocol
-    return {"path": str(path), "device_id": table.metadata.device_id,
-            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(), "scale": float(protocol.get("scale", 1.0))}
+    from nas.hardware.store import table_identity
+
+    return table_identity(table)

@@ -19,7 +19,7 @@ import signal
 import socket
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,6 +212,7 @@ def run_search(
     address: str | None = None,
     num_cpus: int | None = None,
     progress: Progress | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> SearchResult:
     """Run (or resume) a search in `run_dir` on a Ray cluster; returns its best archs.
 
@@ -221,6 +222,8 @@ def run_search(
         address: a Ray cluster to join (`auto`, `host:port`); None starts a private local one.
         num_cpus: CPUs of the local cluster (None: all of this machine's).
         progress: called after each finished trial.
+        notify: called with a line for the user before the search runs (the latency table and its
+            scale, a warning when this host runs at another speed than the table's).
 
     Raises:
         UserError: bad input, checked before anything is written.
@@ -236,6 +239,8 @@ def run_search(
         search = Search(plan, rd, progress)
         concurrency = 0
         if not search.is_done:
+            if notify is not None:
+                _announce_table(plan, notify)
             concurrency = _connect(address, num_cpus, config.cpus_per_trial)
             signals.install()  # ray.init installs its own SIGTERM handler
             signals.check()
@@ -257,6 +262,20 @@ def run_search(
             n_feasible=sum(bool(r.get("feasible")) for r in search.records),
             exhausted=search.exhausted, table=plan.table_record,
         )
+
+
+def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
+    """Say which table and scale the search assumes, and warn when this host runs the table's reference
+    network at another speed (a quick timing, about two seconds)."""
+    if plan.table is None:
+        return
+    from nas.hardware.rescale import scale_warning
+
+    record = plan.table_record or {}
+    notify(f"latency table: {record.get('path')} ({record.get('device_id')}), scale {record.get('scale', 1.0):.3g}")
+    warning = scale_warning(plan.table)
+    if warning:
+        notify(f"warning: {warning}")
 
 
 def _check_same_search(rd: RunDir, plan: SearchPlan) -> None:

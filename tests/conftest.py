@@ -18,6 +18,12 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("strategy_name", STRATEGIES.names())
 
 
+@pytest.fixture(autouse=True)
+def _private_profiles_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tables a test measures go to a temp dir, and a user's own tables never reach a test."""
+    monkeypatch.setenv("NAS_PROFILES_DIR", str(tmp_path_factory.mktemp("profiles")))
+
+
 @pytest.fixture(scope="module")
 def ray_local():
     """A local Ray cluster of 2 CPUs for the tests of one module (searches join it)."""

@@ -1,12 +1,22 @@
-"""Hardware layer: timers per backend, measured latency tables, profiling and validation.
+"""Hardware layer: timers per backend, measured latency tables, where they live, profiling, fitting, rescaling.
 
-Importing this package registers the timers (`cpu`, `cuda`, `onnxruntime`) in `TIMERS`.
-The module `profile` keeps its name (its main function is `nas.hardware.profile.profile`).
+Importing this package registers the timers (`cpu`, `cuda`, `onnxruntime`, `onnxruntime_cuda`)
+in `TIMERS`. The module `profile` keeps its name (its main function is `nas.hardware.profile.profile`).
 """
 
-from nas.hardware import profile, table, timers
-from nas.hardware.profile import fit_none, fit_ridge, validate
-from nas.hardware.table import LatencyTable, profile_command, resolve_table, table_path
+from nas.hardware import fit, profile, protocol, rescale, schema, store, table, timers
+from nas.hardware.fit import fit_none, fit_positive, fit_ridge
+from nas.hardware.profile import missed_criteria, refit, validate
+from nas.hardware.rescale import host_scale, scale_warning
+from nas.hardware.store import (
+    profile_command,
+    resolve_table,
+    table_identity,
+    table_path,
+    table_scale,
+    user_profiles_dir,
+)
+from nas.hardware.table import LatencyTable
 from nas.hardware.timers import CpuTimer, CudaTimer, OnnxRuntimeTimer, Timer, Timing
 
 __all__ = [
@@ -16,13 +26,26 @@ __all__ = [
     "OnnxRuntimeTimer",
     "Timer",
     "Timing",
+    "fit",
     "fit_none",
+    "fit_positive",
     "fit_ridge",
+    "host_scale",
+    "missed_criteria",
     "profile",
     "profile_command",
+    "protocol",
+    "refit",
+    "rescale",
     "resolve_table",
+    "scale_warning",
+    "schema",
+    "store",
     "table",
+    "table_identity",
     "table_path",
+    "table_scale",
     "timers",
+    "user_profiles_dir",
     "validate",
 ]

@@ -1,43 +1,28 @@
 """Profile a space on a device: time every unit, fit a correction, validate on held-out archs.
 
 `profile` times every latency key of the space in isolation (`space.unit(key)`), then
-times a FIT set of random archs end to end and fits a correction, then times a
-separate VALIDATION set of random archs end to end, twice, and stores everything
-in one table file. The naive prediction (plain sum of isolated timings) misses
-what isolation hides at batch 1 - per-call overhead, cache state, load on a shared
-machine - so the default correction, `fit_ridge`, keeps prediction a sum over keys
-plus one intercept and fits it in two stages, both by bounded least squares on
-relative errors (so small and large archs count alike):
-
-1. an intercept `c` and non-negative weights of three features of each key: its
-   isolated timing p_k, its parameters w_k and its MACs m_k (millions):
-   t ~ c + sum_k (s * p_k + beta * w_k + gamma * m_k). Isolation hides what a unit
-   costs inside a network: in isolation its weights stay in L1/L2, in a network they
-   come from the last-level cache, so the weight term carries the cost of reading
-   them. The intercept may be negative (see `_fit_stage1`). On ONNX Runtime at 32x32,
-   where a network reads 8-13 MB of weights in half a millisecond, this stage alone
-   took the cross-validated error from 7.5% (intercept and scale) to 2.8%;
-2. one relative deviation `z_k >= -1` per key, ridge-penalised toward 0, on the
-   residuals: x_k = base_k * (1 + z_k), so a key seen in no fit arch keeps its
-   stage-1 cost. The ridge weight is chosen by 5-fold cross-validation on
-   the fit set only (including "no stage 2"), with the one-standard-error rule: the
-   strongest penalty whose CV error is within one standard error of the lowest.
+times a FIT set of random archs end to end and fits a correction (`nas.hardware.fit`:
+by default `fit_ridge` kept to a positive prediction for the space's cheapest arch), then
+times a separate VALIDATION set of random archs end to end, twice, and stores everything
+in one table file.
 
 Units are timed against the timer's small unit reference; every end-to-end timing (fit
 and validation) against one fixed random arch of the space (a third seed stream), whose
 network reads its weights from the same caches as the archs it normalises (see
-`nas.hardware.timers`). The validation archs are drawn from another seed stream and
+`nas.hardware.protocol`). The validation archs are drawn from another seed stream and
 never overlap the fit archs. Validation compares predictions with the mean of two
 independent end-to-end timings; the noise figure is the median relative difference between those two.
 `correct` is a parameter: any function from (entries, rows) to a `Correction` works. A
 table keeps the fit timings (`Correction.fit_ms`), so `refit` tries another correction
-on the same measurements without timing anything.
+on the same measurements without timing anything. A table that misses the accuracy bar
+(`BAR`) says which criterion failed (`missed_criteria`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -47,7 +32,10 @@ import numpy as np
 
 from nas.errors import NasError, UserError
 from nas.evaluate.metrics import count_macs, count_params
-from nas.hardware.table import Correction, Entry, Figures, LatencyTable, Metadata, Report, TableFile
+from nas.hardware.fit import CorrectionFn, Row, fit_none, fit_positive, fit_ridge
+from nas.hardware.schema import Correction, Entry, Figures, Metadata, Report, TableFile
+from nas.hardware.store import write_table
+from nas.hardware.table import LatencyTable
 from nas.hardware.timers import Reference, Timer
 
 if TYPE_CHECKING:
@@ -58,12 +46,8 @@ log = logging.getLogger(__name__)
 
 Progress = Callable[[str, int, int], None]
 """Called as progress(stage, done, total); stages: units, fit, validate."""
-Row = tuple[Sequence[str], float]
-"""The latency keys of one arch and its measured end-to-end latency in ms."""
-CorrectionFn = Callable[[Mapping[str, Entry], Sequence[Row]], Correction]
 
 BAR = {"within_10": 0.95, "spearman": 0.95}
-_RIDGE_GRID = (1e-3, 1e-2, 1e-1, 1.0, 10.0, float("inf"))
 
 
 def profile(
@@ -87,7 +71,10 @@ def profile(
     Args:
         batch: must equal the timer's batch (None takes it), which its device id names.
         n_fit: archs timed end to end to fit the correction (0: no correction).
-        correct: the correction method; `fit_ridge` by default.
+        correct: the correction method; by default `fit_ridge` kept positive on `space` (`fit_positive`).
+
+    On a full disk, nothing is written to `out_path` and the measured table is saved under the
+    system temp directory; the error says where (`nas.hardware.store.write_table`).
     """
     if batch is not None and batch != timer.batch:
         raise NasError(f"profile at batch {batch} with a timer built for batch {timer.batch}")
@@ -113,11 +100,12 @@ def profile(
                      strict=True))
     if fit_archs:
         rows = [(space.latency_keys(a), _round(timed[a.hash])) for a in fit_archs]  # as stored, for refit
-        table = table.replace(correction=_stored_correction((correct or fit_ridge)(entries, rows), seed, n_fit))
+        table = table.replace(correction=_stored_correction((correct or fit_positive(space))(entries, rows),
+                                                            seed, n_fit))
     first = np.array([timed[a.hash] for a in archs])
     report = _validation(table, space, timer, archs, seed, progress, reference, first)
     table = table.replace(validation=report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)}))
-    table.save(out_path)
+    write_table(table, Path(out_path))
     return table
 
 
@@ -130,14 +118,15 @@ def validate(
     progress: Progress | None = None,
     out_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Re-run only the validation of `table` and store its report in the table file atomically.
+    """Re-run only the validation of `table` and write the table with the new report atomically.
 
     Args:
         seed: seed of the validation archs; None reuses the seed the table was profiled with.
-        out_path: where to write; the file the table was loaded from by default.
+        out_path: where to write; the file the table was loaded from by default (the CLI passes a
+            path in the user profiles directory unless `--out` names one).
     """
-    target = out_path if out_path is not None else table.source
-    if target == "<memory>":
+    target = out_path if out_path is not None else table.path
+    if target is None:
         raise NasError("validate: a table built in memory needs out_path")
     _check_n_validate(n)
     table.check_matches(space, timer.batch)
@@ -161,7 +150,7 @@ def validate(
     archs = _draw(space, np.random.default_rng([seed, 1]), n, fit_hashes)
     report = _validation(table, space, timer, archs, seed, progress, reference)
     report = report.model_copy(update={"seconds": round(time.perf_counter() - started, 1)})
-    table.replace(validation=report).save(target)
+    write_table(table.replace(validation=report), Path(target))
     return report.model_dump()
 
 
@@ -170,6 +159,7 @@ def refit(table: LatencyTable, space: SearchSpace, correct: CorrectionFn | None 
 
     Nothing is timed: the fit and validation archs are drawn again from the table's seed, and
     the validation's measured latencies and noise are kept. The result is not saved.
+    `correct` defaults to `fit_ridge` kept positive on `space` (`fit_positive`).
     """
     fitted, report = table.correction, table.validation
     if fitted is None or not fitted.fit_ms or report is None or not report.points:
@@ -178,7 +168,8 @@ def refit(table: LatencyTable, space: SearchSpace, correct: CorrectionFn | None 
     seed, n_fit = fitted.params["seed"], fitted.params["n_fit"]
     fit_archs = _fit_archs(space, seed, n_fit)
     rows = [(space.latency_keys(a), ms) for a, ms in zip(fit_archs, fitted.fit_ms, strict=True)]
-    table = table.replace(correction=_stored_correction((correct or fit_ridge)(table.data.entries, rows), seed, n_fit))
+    fitted = (correct or fit_positive(space))(table.data.entries, rows)
+    table = table.replace(correction=_stored_correction(fitted, seed, n_fit))
     archs = _draw(space, np.random.default_rng([report.seed, 1]), report.n_archs, {a.hash for a in fit_archs})
     keys = [space.latency_keys(a) for a in archs]
     measured = np.array([m for m, _, _ in report.points])
@@ -186,7 +177,7 @@ def refit(table: LatencyTable, space: SearchSpace, correct: CorrectionFn | None 
     figures = _figures(corrected, measured)
     return table.replace(validation=report.model_copy(update={
         **figures.model_dump(),
-        "passes": figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
+        "passes": not missed_criteria(figures),
         "points": [(m, _round(c), v) for (m, _, v), c in zip(report.points, corrected, strict=True)],
     }))
 
@@ -219,7 +210,7 @@ def _validation(
         n_archs=n,
         noise=_round(np.median(np.abs(first - second) / measured) * 100),
         naive=_figures(naive, measured),
-        passes=figures.within_10 >= BAR["within_10"] and figures.spearman >= BAR["spearman"],
+        passes=not missed_criteria(figures),
         seed=seed,
         measured_at=_now(),
         points=[(_round(m), _round(c), _round(v)) for m, c, v in zip(measured, corrected, naive, strict=True)],
@@ -237,9 +228,24 @@ def _figures(predicted: np.ndarray, measured: np.ndarray) -> Figures:
     from scipy.stats import spearmanr
 
     rel = np.abs(predicted - measured) / measured
-    rho = float(spearmanr(predicted, measured).statistic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # constant input: handled below
+        rho = float(spearmanr(predicted, measured).statistic)
+    if not np.isfinite(rho):
+        rho = 0.0  # constant predictions (or timings) rank nothing; a table stores finite numbers only
     return Figures(mape=_round(rel.mean() * 100), within_5=float((rel <= 0.05).mean()),
                    within_10=float((rel <= 0.10).mean()), spearman=_round(rho))
+
+
+def missed_criteria(figures: Figures | Mapping[str, Any]) -> list[str]:
+    """The accuracy criteria (`BAR`) that `figures` miss, each as `within ±10%: 91% < 95%`; empty when it passes."""
+    values = figures if isinstance(figures, Mapping) else figures.model_dump()
+    missed = []
+    if values["within_10"] < BAR["within_10"]:
+        missed.append(f"within ±10%: {values['within_10']:.0%} < {BAR['within_10']:.0%}")
+    if not values["spearman"] >= BAR["spearman"]:  # a NaN correlation (constant predictions) misses too
+        missed.append(f"Spearman: {values['spearman']:.3f} < {BAR['spearman']:.2f}")
+    return missed
 
 
 def _log_report(report: Report, device_id: str) -> None:
@@ -249,98 +255,8 @@ def _log_report(report: Report, device_id: str) -> None:
     if report.passes:
         log.info("latency table %s passes: %s", device_id, line)
     else:
-        log.warning("LATENCY TABLE %s FAILS ITS ACCURACY BAR (within 10%% >= %.2f and spearman >= %.2f): %s",
-                    device_id, BAR["within_10"], BAR["spearman"], line)
-
-
-# -- corrections ------------------------------------------------------------------------
-_FEATURES = ("scale", "ms_per_mparam", "ms_per_mmac")
-"""Stage-1 weights: of the isolated timing, of the unit's parameters (millions), of its MACs (millions)."""
-
-
-def fit_ridge(entries: Mapping[str, Entry], rows: Sequence[Row]) -> Correction:
-    """Two-stage fit (intercept and feature weights, then ridge per-key deviations); see the module docstring."""
-    keys = sorted(entries)
-    a, f, t = _design(keys, entries, rows)
-    folds = np.arange(len(t)) % 5
-    cv = {}
-    for lam in _RIDGE_GRID:
-        errors = []
-        for fold in range(min(5, len(t))):
-            train, test = folds != fold, folds == fold
-            if train.sum() < 2:
-                continue
-            c, x = _fit_two_stage(a[train], f, t[train], lam)
-            errors.extend(np.abs(c + a[test] @ x - t[test]) / t[test])
-        cv[lam] = np.array(errors)
-    if not len(cv[_RIDGE_GRID[0]]):
-        best = float("inf")
-    else:
-        # One-standard-error rule: the strongest penalty whose CV error is within one standard error of the
-        # lowest, since per-key freedom that CV cannot tell from noise costs rank accuracy on new archs.
-        lowest = min(cv, key=lambda lam: cv[lam].mean())
-        bar = cv[lowest].mean() + cv[lowest].std(ddof=1) / np.sqrt(len(cv[lowest]))
-        best = max(lam for lam in _RIDGE_GRID if cv[lam].mean() <= bar)
-    c, x = _fit_two_stage(a, f, t, best)
-    weights = _fit_stage1(a, f, t)[1]
-    return Correction(
-        method="ridge",
-        intercept_ms=float(c),
-        entries={k: float(v) for k, v in zip(keys, x, strict=True)},
-        params={**{name: _round(w) for name, w in zip(_FEATURES, weights, strict=False)}, "ridge": float(best),
-                "cv_mape": _round(cv[best].mean() * 100) if len(cv[best]) else None},
-        fit_ms=[_round(ms) for ms in t],
-    )
-
-
-def fit_none(entries: Mapping[str, Entry], rows: Sequence[Row]) -> Correction:
-    """No correction: the plain sum of isolated timings (for comparison)."""
-    return Correction(method="none", intercept_ms=0.0, entries={k: e.mean for k, e in entries.items()})
-
-
-def _design(keys: list[str], entries: Mapping[str, Entry], rows: Sequence[Row]):
-    """Key-count matrix (archs, keys), key features (keys, features) and measured times (archs,).
-
-    Features: the isolated timing, and the unit's parameters and MACs (millions) when every entry has them.
-    """
-    index = {k: i for i, k in enumerate(keys)}
-    a = np.zeros((len(rows), len(keys)))
-    for r, (row_keys, _) in enumerate(rows):
-        for k in row_keys:
-            a[r, index[k]] += 1
-    columns = [[entries[k].mean for k in keys]]
-    if all(entries[k].params is not None and entries[k].macs is not None for k in keys):
-        columns += [[entries[k].params / 1e6 for k in keys], [entries[k].macs / 1e6 for k in keys]]
-    return a, np.array(columns).T, np.array([ms for _, ms in rows])
-
-
-def _fit_stage1(a: np.ndarray, f: np.ndarray, t: np.ndarray) -> tuple[float, np.ndarray]:
-    """Intercept (either sign) and non-negative feature weights minimising relative squared error of c + a @ f @ w.
-
-    The intercept may be negative: cache pressure makes a network's time grow faster than its
-    size (a larger network evicts more of its own weights), and a negative intercept is the
-    additive linearisation of that over the range of the fit archs.
-    """
-    from scipy.optimize import lsq_linear
-
-    m = np.column_stack([np.ones_like(t), a @ f]) / t[:, None]
-    lower = np.concatenate([[-np.inf], np.zeros(f.shape[1])])
-    x = lsq_linear(m, np.ones_like(t), bounds=(lower, np.inf), method="bvls").x  # exact; trf trips on -inf
-    return float(x[0]), x[1:]
-
-
-def _fit_two_stage(a: np.ndarray, f: np.ndarray, t: np.ndarray, lam: float) -> tuple[float, np.ndarray]:
-    """Stage 1, then ridge deviations z >= -1 on the relative residuals (lam = inf skips stage 2)."""
-    from scipy.optimize import lsq_linear
-
-    c, w = _fit_stage1(a, f, t)
-    base = f @ w
-    if not np.isfinite(lam):
-        return c, base
-    residual = (t - c - a @ base) / t
-    m = np.vstack([a * base / t[:, None], np.sqrt(lam) * np.eye(len(base))])
-    z = lsq_linear(m, np.concatenate([residual, np.zeros(len(base))]), bounds=(-1, np.inf)).x
-    return c, base * (1 + z)
+        log.warning("LATENCY TABLE %s FAILS ITS ACCURACY BAR (%s): %s", device_id,
+                    "; ".join(missed_criteria(report)), line)
 
 
 # -- helpers ------------------------------------------------------------------------------
@@ -431,4 +347,5 @@ def _tick(progress: Progress | None, stage: str, done: int, total: int) -> None:
         progress(stage, done, total)
 
 
-__all__ = ["BAR", "CorrectionFn", "Progress", "fit_none", "fit_ridge", "profile", "refit", "validate"]
+__all__ = ["BAR", "CorrectionFn", "Progress", "Row", "fit_none", "fit_ridge", "missed_criteria", "profile", "refit",
+           "validate"]

@@ -1,7 +1,7 @@
 """`LatencyTable`: a measured latency lookup table for one space, device and batch size.
 
-A table file (`hardware_profiles/<device-id>/<space>-r<resolution>.yaml`) holds the
-metadata of the measurement (space and its config, device id, backend, batch, dtype,
+A table file (`<device-id>/<space>-r<resolution>.yaml`, see `nas.hardware.store` for where
+tables live) holds the metadata of the measurement (space and its config, device id, backend, batch, dtype,
 threads, library versions, date, timing protocol), one entry per latency key (the
 isolated timing of that unit: mean, std, count), the fitted correction (an intercept
 and one corrected value per key, see `nas.hardware.profile`) and the validation
@@ -9,20 +9,26 @@ report. `predict(arch)` is the intercept plus the sum of the corrected values of
 arch's keys (the plain isolated means when there is no correction): dict look-ups
 only, so it is cheap enough to call inside a search loop. Files are written to a
 temp file in the same directory and `os.replace`d, so a table is never half-written.
+
+A table is checked when it is built or loaded: every number must be finite, and once the
+table is bound to its space (`load(path, space)`, or the first `predict`) the cheapest arch
+must be predicted to take a positive time (`lower_bound`). A table failing either is a
+`UserError` naming the file, the field, the value and the fix, before any search uses it.
 """
 
 from __future__ import annotations
 
-import os
+import hashlib
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
-from pydantic import Field
 
-from nas.config import PROFILES_DIR, Frozen, load_yaml, parse
+from nas.config import parse
 from nas.errors import UserError
+from nas.hardware.schema import Correction, Entry, Figures, Metadata, Report, Rescale, TableFile
 
 if TYPE_CHECKING:
     import numpy as np
@@ -32,96 +38,29 @@ if TYPE_CHECKING:
     from nas.space import SearchSpace
 
 
-class Entry(Frozen):
-    """Isolated timing of one unit, in ms (`mean` is the timer's robust per-call figure), and its size.
-
-    `params` and `macs` (the unit's parameters and multiply-accumulates) are features of the fit.
-    """
-
-    mean: float = Field(ge=0)
-    std: float = Field(ge=0)
-    count: int = Field(ge=1)
-    params: int | None = Field(default=None, ge=0)
-    macs: int | None = Field(default=None, ge=0)
-
-
-class Metadata(Frozen):
-    """What was measured, where and how."""
-
-    space: str
-    space_config: dict[str, Any]
-    device_id: str
-    backend: str
-    hardware: str
-    batch: int = Field(ge=1)
-    dtype: str
-    threads: int = Field(ge=1)
-    versions: dict[str, str]
-    measured_at: str
-    protocol: dict[str, Any] = Field(default_factory=dict)
-
-
-class Correction(Frozen):
-    """A fitted correction: prediction = `intercept_ms` + sum of `entries[key]` over the arch's keys."""
-
-    method: str
-    intercept_ms: float
-    entries: dict[str, float]
-    params: dict[str, Any] = Field(default_factory=dict)
-    fit_ms: list[float] = Field(default_factory=list)
-    """Measured end-to-end ms of the fit archs, in draw order (seed stream [seed, 0]), for refitting."""
-
-
-class Figures(Frozen):
-    """Accuracy of one predictor against measured end-to-end latencies."""
-
-    mape: float
-    within_5: float
-    within_10: float
-    spearman: float
-
-
-class Report(Figures):
-    """Validation on held-out archs: corrected figures, naive (plain sum) figures and the noise floor.
-
-    `points` holds one [measured, predicted, naive] triple (ms) per held-out arch, for plots.
-    """
-
-    n_archs: int
-    noise: float
-    naive: Figures
-    passes: bool
-    seed: int
-    measured_at: str
-    seconds: float | None = None
-    points: list[tuple[float, float, float]] = Field(default_factory=list)
-
-
-class TableFile(Frozen):
-    """The whole table file."""
-
-    metadata: Metadata
-    entries: dict[str, Entry]
-    correction: Correction | None = None
-    validation: Report | None = None
-
-
 class LatencyTable:
     """A latency lookup table, optionally bound to its space (`load(path, space)`).
 
     Args:
-        data: the parsed table.
+        data: the parsed table; every number must be finite.
         source: where it came from, for messages (a path or `<memory>`).
-        space: the space whose archs it prices (checked); when absent, `predict` loads it by name.
+        space: the space whose archs it prices (checked, with a positive `lower_bound`); when
+            absent, `predict` loads it by name.
+        path: the file it was loaded from or saved to (None in memory).
+        sha256: sha256 of that file's bytes as read or written.
     """
 
-    def __init__(self, data: TableFile, source: str = "<memory>", space: SearchSpace | None = None) -> None:
+    def __init__(self, data: TableFile, source: str = "<memory>", space: SearchSpace | None = None, *,
+                 path: Path | None = None, sha256: str | None = None) -> None:
+        _check_finite(data.model_dump(), source, data.metadata)
         if data.correction is not None and set(data.correction.entries) != set(data.entries):
             extra = sorted(set(data.correction.entries) ^ set(data.entries))
             raise UserError(f"{source}: correction keys differ from entry keys ({len(extra)} differ, "
                             f"e.g. {extra[0]!r}); re-profile the table")
         self.data = data
         self.source = source
+        self.path = path
+        self.sha256 = sha256
         self._space: SearchSpace | None = None
         self._costs_cache: dict[int, list[np.ndarray]] = {}
         if data.correction is None:
@@ -131,24 +70,30 @@ class LatencyTable:
             self._values = dict(data.correction.entries)
             self._intercept = data.correction.intercept_ms
         if space is not None:
-            self.check_matches(space)
-            self._space = space
+            self._bind(space)
 
     # -- files ------------------------------------------------------------------------
     @classmethod
     def load(cls, path: str | Path, space: SearchSpace | None = None, batch: int | None = None) -> LatencyTable:
         """Read a table file, checked against `space` and `batch` when given.
 
-        A missing, corrupt or wrong-shaped file is a `UserError` naming it.
+        A missing, corrupt, wrong-shaped or poisoned (non-finite numbers, a non-positive
+        lower bound) file is a `UserError` naming it.
         """
-        data = load_yaml(Path(path))
+        path = Path(path)
+        raw, data = _read_yaml(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: not a latency table (expected a mapping with metadata and entries, "
                             f"got {type(data).__name__}); re-profile it with `nas profile`")
-        table = cls(parse(TableFile, data, str(path)), str(path))
+        _check_finite(data, str(path), None)
+        try:
+            parsed = parse(TableFile, data, str(path))
+        except UserError as err:
+            raise UserError(f"{err}; re-profile the table with `nas profile` or restore the file") from None
+        table = cls(parsed, str(path), path=path.resolve(), sha256=hashlib.sha256(raw).hexdigest())
         if space is not None:
             table.check_matches(space, batch)
-            table._space = space
+            table._bind(space)
         return table
 
     def save(self, path: str | Path) -> None:
@@ -157,11 +102,14 @@ class LatencyTable:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, yaml.safe_dump(self.data.model_dump(), sort_keys=True))
-        self.source = str(path)
+        # A table never rescaled is written without the key, as before it existed.
+        unscaled = {"metadata": {"rescaled"}} if self.data.metadata.rescaled is None else None
+        text = yaml.safe_dump(self.data.model_dump(exclude=unscaled), sort_keys=True)
+        write_atomic(path, text)
+        self.source, self.path, self.sha256 = str(path), path.resolve(), hashlib.sha256(text.encode()).hexdigest()
 
     def replace(self, **fields: Any) -> LatencyTable:
-        """A copy with top-level fields (`correction`, `validation`) replaced."""
+        """A copy with top-level fields (`metadata`, `entries`, `correction`, `validation`) replaced, not saved."""
         return LatencyTable(self.data.model_copy(update=fields), self.source, self._space)
 
     # -- views --------------------------------------------------------------------------
@@ -192,7 +140,8 @@ class LatencyTable:
         if space is None:
             from nas.space import space_of
 
-            space = self._space = space_of(arch)
+            space = space_of(arch)
+            self._bind(space)
         return self.predict_keys(space.latency_keys(arch), what=f"arch {arch.short_hash}")
 
     def predict_keys(self, keys: Iterable[str], what: str = "these keys") -> float:
@@ -242,8 +191,8 @@ class LatencyTable:
         """A lower bound (ms) of the predicted latency of every arch of the space: the intercept plus each
         latency term's cheapest combination (exact where terms share no decisions).
 
-        A fitted intercept may be negative (see `nas.hardware.profile`), so this is what shows that
-        no arch is predicted to take no time.
+        A fitted intercept may be negative (see `nas.hardware.fit`), so this is what shows that
+        no arch is predicted to take no time; a bound table has a positive one.
         """
         if space is None:
             space = self._space or _load_table_space(self.data.metadata)
@@ -253,21 +202,23 @@ class LatencyTable:
 
     def _term_costs(self, space: SearchSpace) -> list[np.ndarray]:
         """Per term, the cost (ms) of every combination of its decisions' choices, cached per space."""
-        import numpy as np
-
         cached = self._costs_cache.get(id(space))
         if cached is None:
-            choices = {d.name: d.choices for d in space.decisions()}
-            cached = []
-            for term in space.latency_terms():
-                axes = [choices[name] for name in term.decisions]
-                cost = np.zeros([len(a) for a in axes])
-                for index in np.ndindex(*cost.shape):
-                    keys = term.keys(tuple(axis[i] for axis, i in zip(axes, index, strict=True)))
-                    cost[index] = self.predict_keys(keys, what=f"latency term {term.decisions}") - self._intercept
-                cached.append(cost)
-            self._costs_cache[id(space)] = cached
+            self._raise_missing(space.all_latency_keys(), f"space {space.name}")
+            cached = self._costs_cache[id(space)] = term_costs(self._values, space)
         return cached
+
+    def _bind(self, space: SearchSpace) -> None:
+        """Price `space`'s archs from now on, once the cheapest of them is predicted a positive time."""
+        self.check_matches(space)
+        bound = self.lower_bound(space)
+        if not bound > 0:
+            field = "correction.intercept_ms" if self.data.correction else "entries"
+            raise UserError(
+                f"{self.source}: predicts {bound:.4g} ms for the cheapest {space.name} arch ({field} = "
+                f"{self._intercept:.6g}); a latency table must predict a positive time for every arch; "
+                f"re-profile it with `{_fix_command(self.data.metadata, space)}`")
+        self._space = space
 
     def predict_naive(self, keys: Iterable[str]) -> float:
         """Plain sum of the isolated timings of `keys` (no correction)."""
@@ -281,11 +232,10 @@ class LatencyTable:
     def _raise_missing(self, keys: list[str], what: str) -> None:
         missing = sorted({k for k in keys if k not in self._values})
         if missing:
-            meta = self.data.metadata
             shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
             raise UserError(
                 f"{self.source}: latency table lacks {len(missing)} of the {len(set(keys))} keys of {what} "
-                f"({shown}); re-profile with `{profile_command(meta.space, meta.backend, meta.batch, meta.threads)}`"
+                f"({shown}); re-profile with `{_fix_command(self.data.metadata, self._space)}`"
             )
 
     # -- matching -----------------------------------------------------------------------
@@ -296,7 +246,7 @@ class LatencyTable:
     def check_matches(self, space: SearchSpace, batch: int | None = None) -> None:
         """Refuse a table measured for another space, space config (resolution, classes, ...) or batch."""
         meta = self.data.metadata
-        fix = f"profile it with `{profile_command(space.name, meta.backend, batch or meta.batch, meta.threads)}`"
+        fix = f"profile it with `{_fix_command(meta, space, batch)}`"
         if meta.space != space.name:
             raise UserError(f"{self.source}: table is for space {meta.space!r}, not {space.name!r}; {fix}")
         config = space.config.model_dump(mode="json")
@@ -309,47 +259,79 @@ class LatencyTable:
             raise UserError(f"{self.source}: table was measured at batch {meta.batch}, not {batch}; {fix}")
 
 
+def term_costs(values: Mapping[str, float], space: SearchSpace) -> list[np.ndarray]:
+    """Per latency term of `space`, the summed `values` (ms) of every combination of its decisions' choices."""
+    import numpy as np
+
+    choices = {d.name: d.choices for d in space.decisions()}
+    costs = []
+    for term in space.latency_terms():
+        axes = [choices[name] for name in term.decisions]
+        cost = np.zeros([len(a) for a in axes])
+        for index in np.ndindex(*cost.shape):
+            cost[index] = sum(values[k] for k in term.keys(tuple(axis[i] for axis, i in zip(axes, index, strict=True))))
+        costs.append(cost)
+    return costs
+
+
 def _load_table_space(meta: Metadata) -> SearchSpace:
     from nas.space import load_space
 
     return load_space(meta.space, meta.space_config)
 
 
-def profile_command(space: str, backend: str, batch: int, threads: int) -> str:
-    """The `nas profile` command line that measures a table."""
-    return f"nas profile --space {space} --device {backend} --batch {batch} --threads {threads}"
+def _fix_command(meta: Metadata | None, space: SearchSpace | None = None, batch: int | None = None) -> str:
+    """The `nas profile` command that measures the table `meta` describes (for `space` and `batch` when given)."""
+    from nas.hardware.store import command_for
+
+    return command_for(meta, space, batch)
 
 
-def table_path(device_id: str, space: SearchSpace) -> Path:
-    """Where the table of `space` measured on `device_id` lives: `hardware_profiles/<id>/<space>-r<R>.yaml`."""
-    return PROFILES_DIR / device_id / f"{space.name}-r{space.config.resolution}.yaml"
+def _read_yaml(path: Path) -> tuple[bytes, Any]:
+    """The bytes of a YAML file and its parsed content; an unreadable or malformed file is a `UserError`."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{path}: file not found") from None
+    except OSError as err:
+        raise UserError(f"{path}: cannot read ({err.strerror})") from None
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
+    try:
+        return raw, yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        first = str(err).splitlines()[0] if str(err) else "parse error"
+        raise UserError(f"{path}: malformed YAML ({first})") from None
 
 
-def resolve_table(
-    hardware: str | None, space: SearchSpace, batch: int, backend: str = "cpu", threads: int = 1
-) -> LatencyTable:
-    """Find, load and check the table that prices `space` at `batch`, bound to `space`.
+def _check_finite(data: Any, source: str, meta: Metadata | None, where: str = "") -> None:
+    """Refuse NaN and infinities in a table's (plain) data, naming the first one's field path.
 
-    Args:
-        hardware: a table file path, a device id under `hardware_profiles/`, or None for the
-            default device id of this machine's `backend` timer with `threads` threads.
+    Every number counts but the correction's `params`, a record of how it was fitted (a ridge
+    weight of `inf` means no per-key stage), which no prediction reads.
     """
-    command = profile_command(space.name, backend, batch, threads)
-    if hardware is not None and (hardware.endswith((".yaml", ".yml")) or os.sep in hardware):
-        path = Path(hardware)
-        if not path.is_file():
-            raise UserError(f"latency table {path} not found; make it with `{command}`")
-        return LatencyTable.load(path, space, batch)
-    if hardware is None:
-        from nas.registry import TIMERS
+    if where == "correction.params":
+        return
+    if isinstance(data, float) and not math.isfinite(data):
+        raise UserError(f"{source}: {where or '(top level)'} is {data!r}; every number in a latency table must be "
+                        f"finite; re-profile it with `{_fix_command(meta)}`")
+    if isinstance(data, Mapping):
+        for key, value in data.items():
+            _check_finite(value, source, meta, f"{where}.{key}" if where else str(key))
+    elif isinstance(data, list | tuple):
+        for i, value in enumerate(data):
+            _check_finite(value, source, meta, f"{where}[{i}]")
 
-        hardware = TIMERS.get(backend)(threads=threads, batch=batch).device_id
-    path = table_path(hardware, space)
-    if not path.is_file():
-        known = sorted(p.name for p in PROFILES_DIR.iterdir() if p.is_dir()) if PROFILES_DIR.is_dir() else []
-        raise UserError(f"no latency table for device {hardware!r}: looked for {path}; make it with "
-                        f"`{command}` (profiled devices: {', '.join(known) or 'none'})")
-    return LatencyTable.load(path, space, batch)
+
+def __getattr__(name: str) -> Any:
+    """`resolve_table`, `profile_command` and `table_path` moved to `nas.hardware.store`; old imports keep working."""
+    if name in ("profile_command", "resolve_table", "table_path"):
+        from nas.hardware import store
+
+        return getattr(store, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
@@ -359,8 +341,7 @@ __all__ = [
     "LatencyTable",
     "Metadata",
     "Report",
+    "Rescale",
     "TableFile",
-    "profile_command",
-    "resolve_table",
-    "table_path",
+    "term_costs",
 ]

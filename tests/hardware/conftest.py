@@ -1,4 +1,4 @@
-"""A tiny fake space (a few conv units, 81 archs) and a fast timer for the hardware tests."""
+"""A tiny fake space (a few conv units, 81 archs), a fast timer and an empty user profiles dir per test."""
 
 from __future__ import annotations
 
@@ -67,6 +67,14 @@ class FakeSpace(SearchSpace):
 
 def _conv(width: int, k: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(width, width, k, padding=k // 2), nn.ReLU())
+
+
+@pytest.fixture(autouse=True)
+def user_profiles(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Every hardware test gets an empty user profiles directory of its own (`NAS_PROFILES_DIR`)."""
+    path = tmp_path_factory.mktemp("user-profiles")
+    monkeypatch.setenv("NAS_PROFILES_DIR", str(path))
+    return path
 
 
 @pytest.fixture

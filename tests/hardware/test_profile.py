@@ -2,16 +2,31 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from nas.errors import NasError, UserError
 from nas.evaluate.metrics import count_macs, count_params
-from nas.hardware.profile import _draw, _interleave, _log_report, fit_none, fit_ridge, profile, refit, validate
+from nas.hardware.profile import (
+    _draw,
+    _interleave,
+    _log_report,
+    fit_none,
+    fit_ridge,
+    missed_criteria,
+    profile,
+    refit,
+    validate,
+)
 from nas.hardware.table import Entry, Figures, LatencyTable, Report
 from nas.hardware.timers import CpuTimer
+from nas.run_dir import DiskFullError
 
 REPORT_FIELDS = {"n_archs", "mape", "within_5", "within_10", "spearman", "noise", "naive", "passes",
                  "seed", "measured_at", "seconds", "points"}
@@ -157,3 +172,100 @@ def test_failing_report_warns_loudly(caplog):
     with caplog.at_level(logging.WARNING, logger="nas.hardware.profile"):
         _log_report(report, "dev")
     assert "FAILS ITS ACCURACY BAR" in caplog.text
+
+
+# -- a full disk, killed writers, a missed bar -------------------------------------------------------
+
+class _FullDisk:
+    """A file handle whose `write` writes half of the text, then fails as a full disk does."""
+
+    def __init__(self, handle) -> None:
+        self.handle = handle
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.close()
+
+    def write(self, text: str) -> None:
+        self.handle.write(text[: len(text) // 2])
+        self.handle.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def _fill_disk_under(directory: Path, monkeypatch) -> None:
+    """Writes of temp files under `directory` hit a full disk partway; writes elsewhere succeed."""
+    import nas.run_dir
+
+    real = os.fdopen
+
+    def fdopen(fd, *args, **kwargs):
+        handle = real(fd, *args, **kwargs)
+        return _FullDisk(handle) if os.readlink(f"/proc/self/fd/{fd}").startswith(str(directory)) else handle
+
+    monkeypatch.setattr(nas.run_dir.os, "fdopen", fdopen)
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_full_disk_keeps_the_old_table_and_the_measurements(space, timer, tmp_path, monkeypatch):
+    full = tmp_path / "full" / timer.device_id
+    path = full / "fake-r8.yaml"
+    old = profile(space, timer, 1, path, n_validate=2, seed=3, n_fit=4)
+    before = path.read_bytes()
+    stale = [full / f".fake-r8.yaml.{_dead_pid()}.tmp", full / ".fake-r8.yaml.x8k2p1.tmp"]  # killed writers
+    live = full / f".fake-r8.yaml.{os.getpid()}.tmp"
+    for tmp in (*stale, live):
+        tmp.write_text("half a table")
+    _fill_disk_under(full, monkeypatch)
+    with pytest.raises(DiskFullError) as err:
+        profile(space, timer, 1, path, n_validate=2, seed=4, n_fit=4)
+    message = str(err.value)
+    assert "\n" not in message and "disk full" in message and "nothing was written there" in message, message
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in full.iterdir()) == sorted([path.name, live.name])  # no temp file of ours left
+    spare = Path(message.split("saved to ")[1].split(":")[0])
+    kept = LatencyTable.load(spare, space)
+    assert set(kept.entries) == set(old.entries) and kept.validation.seed == 4
+    assert f"move it to {path}" in message
+
+
+def test_profile_start_removes_temp_files_of_killed_writers(tmp_path):
+    from nas.cli import _check_writable
+
+    path = tmp_path / "dev" / "fake-r8.yaml"
+    path.parent.mkdir()
+    stale = path.parent / f".fake-r8.yaml.{_dead_pid()}.tmp"
+    live = path.parent / f".fake-r8.yaml.{os.getpid()}.tmp"
+    other = path.parent / f".other-r8.yaml.{_dead_pid()}.tmp"
+    for tmp in (stale, live, other):
+        tmp.write_text("")
+    _check_writable(path)
+    assert not stale.exists() and live.exists() and other.exists()
+
+
+def test_missed_criteria_name_the_failing_one():
+    def figures(within_10: float, spearman: float) -> Figures:
+        return Figures(mape=5.0, within_5=0.5, within_10=within_10, spearman=spearman)
+
+    assert missed_criteria(figures(0.97, 0.96)) == []
+    assert missed_criteria(figures(0.91, 0.96)) == ["within ±10%: 91% < 95%"]
+    assert missed_criteria(figures(0.99, 0.93)) == ["Spearman: 0.930 < 0.95"]
+    assert len(missed_criteria(figures(0.5, float("nan")))) == 2
+    assert missed_criteria(figures(0.91, 0.96).model_dump()) == ["within ±10%: 91% < 95%"]
+
+
+def test_print_report_says_which_criterion_failed(capsys):
+    from nas.cli import _print_report
+
+    naive = {"mape": 30.0, "within_5": 0.0, "within_10": 0.0, "spearman": 0.9}
+    report = {"mape": 6.0, "within_5": 0.6, "within_10": 0.91, "spearman": 0.97, "noise": 2.0, "n_archs": 100,
+              "naive": naive, "passes": False}
+    _print_report(report, "dev", Path("t.yaml"))
+    err = capsys.readouterr().err
+    assert "misses the accuracy bar: within ±10%: 91% < 95%" in err and "Spearman" not in err

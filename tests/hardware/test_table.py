@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import re
 import time
 from pathlib import Path
 
@@ -12,8 +14,7 @@ import torch
 import yaml
 
 from nas.errors import UserError
-from nas.hardware import table as table_module
-from nas.hardware.table import Correction, Entry, LatencyTable, Metadata, TableFile, resolve_table, table_path
+from nas.hardware.table import Correction, Entry, Figures, LatencyTable, Metadata, Report, TableFile
 from nas.hardware.timers import CpuTimer, CudaTimer, OnnxRuntimeTimer
 from nas.registry import TIMERS
 
@@ -65,8 +66,8 @@ def test_lower_bound_is_the_cheapest_arch(space):
     choices = itertools.product(*(d.choices for d in space.decisions()))
     cheapest = min(table.predict(space.make_arch(dict(zip(names, c, strict=True)))) for c in choices)
     assert table.lower_bound() == pytest.approx(cheapest)
-    negative = table.replace(correction=table.correction.model_copy(update={"intercept_ms": -5.0}))
-    assert negative.lower_bound() == pytest.approx(cheapest - 5.05) and negative.lower_bound() < 0
+    negative = make_table(space).replace(correction=table.correction.model_copy(update={"intercept_ms": -5.0}))
+    assert negative.lower_bound(space) == pytest.approx(cheapest - 5.05) and negative.lower_bound(space) < 0
 
 
 def test_predict_is_fast(space):
@@ -126,14 +127,16 @@ def test_correction_must_cover_entries(space):
 
 
 def test_missing_keys_are_listed(space):
-    table = LatencyTable(make_table(space, drop=2).data, space=space)
-    arch = space.make_arch({f"b{i}.op": "k3" if i % 2 else "k5" for i in range(1, 5)})
+    table = make_table(space, drop=2)
     missing = sorted(set(space.all_latency_keys()[:2]))
-    with pytest.raises(UserError, match="lacks 2 of the 4 keys") as err:
-        table.predict(arch)
+    arch = space.make_arch({f"b{i}.op": "k3" if i % 2 else "k5" for i in range(1, 5)})
+    with pytest.raises(UserError, match="lacks 2 of the 4 keys of arch") as err:
+        table.predict_keys(space.latency_keys(arch), what=f"arch {arch.short_hash}")
     for key in missing:
         assert key in str(err.value)
-    assert "nas profile --space fake --device cpu --batch 1" in str(err.value)
+    assert "nas profile --space fake" in str(err.value)
+    with pytest.raises(UserError, match="lacks 2 of the 4 keys of space fake"):  # refused when bound to its space
+        LatencyTable(table.data, space=space)
 
 
 def test_other_space_config_or_batch_is_refused(space):
@@ -152,24 +155,6 @@ def test_other_space_config_or_batch_is_refused(space):
     arch16 = FakeSpace(FakeConfig(resolution=16)).sample(np.random.default_rng(0))
     with pytest.raises(UserError, match="table is for space fake"):
         table.predict(arch16)
-
-
-def test_resolve_table(space, tmp_path, monkeypatch):
-    monkeypatch.setattr(table_module, "PROFILES_DIR", tmp_path)
-    with pytest.raises(UserError, match="looked for .*fake-r8.yaml.*nas profile --space fake") as err:
-        resolve_table(None, space, batch=1)
-    assert CpuTimer().device_id in str(err.value)
-    table = make_table(space)
-    table.save(table_path("my-device", space))
-    assert resolve_table("my-device", space, batch=1).data == table.data
-    assert table_path("my-device", space) == tmp_path / "my-device" / "fake-r8.yaml"
-    with pytest.raises(UserError, match="not 4"):
-        resolve_table("my-device", space, batch=4)
-    file = tmp_path / "elsewhere.yaml"
-    table.save(file)
-    assert resolve_table(str(file), space, batch=1).data == table.data
-    with pytest.raises(UserError, match="not found"):
-        resolve_table(str(tmp_path / "nope.yaml"), space, batch=1)
 
 
 def test_cuda_timer_without_gpu_is_user_error():
@@ -227,3 +212,88 @@ def test_protocol_records_the_allocator_and_refuses_a_bad_dtype():
     assert timer.protocol()["allocator"].startswith("glibc")
     with pytest.raises(UserError, match="--dtype 'fp16' is not supported by device 'cpu'; allowed: fp32"):
         CpuTimer(dtype="fp16")
+
+
+# -- poisoned tables: refused when loaded, one line naming file, field, value and fix --------------
+
+@pytest.mark.parametrize(
+    ("edit", "field", "value"),
+    [
+        (lambda d: d["correction"]["entries"].update({next(iter(d["correction"]["entries"])): float("nan")}),
+         "correction.entries.", "nan"),
+        (lambda d: d["correction"].update(intercept_ms=float("inf")), "correction.intercept_ms", "inf"),
+        (lambda d: d["entries"][next(iter(d["entries"]))].update(mean=float("nan")), "entries.", "nan"),
+        (lambda d: d["validation"]["points"][1].__setitem__(0, float("-inf")), "validation.points[1][0]", "-inf"),
+        (lambda d: d["validation"].update(spearman=float("nan")), "validation.spearman", "nan"),
+    ],
+    ids=["correction-entry-nan", "intercept-inf", "entry-mean-nan", "point-inf", "spearman-nan"],
+)
+def test_non_finite_numbers_are_refused(space, tmp_path, edit, field, value):
+    path = tmp_path / "fake-r8.yaml"
+    data = yaml.safe_load(yaml.safe_dump(_with_validation(make_table(space)).data.model_dump()))  # plain lists
+    edit(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    with pytest.raises(UserError) as err:
+        LatencyTable.load(path)
+    message = str(err.value)
+    assert str(path) in message and field in message and f"is {value}" in message, message
+    assert "re-profile" in message and "nas profile" in message and "\n" not in message
+    if field != "entries.":  # (a NaN mean fails the model's own `ge=0` first)
+        with pytest.raises(UserError, match=re.escape(field)):  # built in memory: refused alike
+            LatencyTable(TableFile.model_validate(data))
+
+
+def test_a_negative_prediction_is_refused_once_the_space_is_known(space, tmp_path):
+    """intercept -1000 made every arch cost about -988 ms; loading it for its space refuses it."""
+    path = tmp_path / "fake-r8.yaml"
+    table = make_table(space)
+    poisoned = table.replace(correction=table.correction.model_copy(update={"intercept_ms": -1000.0}))
+    poisoned.save(path)
+    assert LatencyTable.load(path).lower_bound(space) < -990  # without a space nothing can be checked yet
+    with pytest.raises(UserError) as err:
+        LatencyTable.load(path, space)
+    message = str(err.value)
+    for needle in (str(path), "predicts -99", "cheapest fake arch", "correction.intercept_ms = -1000",
+                   "re-profile it with `nas profile --space fake"):
+        assert needle in message, message
+    with pytest.raises(UserError, match="correction.intercept_ms = -1000"):
+        LatencyTable(poisoned.data, space=space)
+
+
+def test_a_poisoned_table_is_refused_by_resolve_and_predict(lut_path, tmp_path):
+    """The same through `resolve_table` (what a search does) and through `predict` of an unbound table."""
+    from nas.hardware.store import resolve_table
+    from nas.space import load_space
+
+    data = yaml.safe_load(lut_path.read_text())
+    data["correction"] = {"method": "test", "intercept_ms": -1000.0, "entries": {k: e["mean"] for k, e in
+                                                                                 data["entries"].items()}}
+    path = tmp_path / "proxylessnas-r32.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=True))
+    space = load_space("proxylessnas")
+    with pytest.raises(UserError, match="must predict a positive time") as err:
+        resolve_table(str(path), space, batch=1)
+    assert "--resolution 32 --device cpu" in str(err.value)
+    unbound = LatencyTable.load(path)
+    with pytest.raises(UserError, match="must predict a positive time"):
+        unbound.predict(space.sample(np.random.default_rng(0)))
+
+
+def test_table_keeps_its_path_and_sha256(space, tmp_path):
+    path = tmp_path / "dev" / "fake-r8.yaml"
+    table = make_table(space)
+    assert table.path is None and table.sha256 is None
+    table.save(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    assert (table.path, table.sha256) == (path.resolve(), digest)
+    loaded = LatencyTable.load(path)
+    assert (loaded.path, loaded.sha256) == (path.resolve(), digest)
+    assert "rescaled" not in path.read_text()  # a table never rescaled is written as before the field existed
+
+
+def _with_validation(table: LatencyTable) -> LatencyTable:
+    figures = Figures(mape=1.0, within_5=0.9, within_10=1.0, spearman=0.99)
+    report = Report(**figures.model_dump(), n_archs=3, noise=1.0, naive=figures, passes=True, seed=0,
+                    measured_at="2025-01-01T00:00:00+00:00", points=[(1.0, 1.01, 0.9), (2.0, 2.1, 1.8),
+                                                                     (3.0, 2.9, 2.5)])
+    return table.replace(validation=report)
