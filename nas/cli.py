@@ -57,7 +57,9 @@ _TEXT_COLUMNS = {"feasible", "space", "presets", "decision", "choice", "arch", "
 
 
 def _fmt(value: Any, scale: float = 1.0, digits: int = 3) -> str:
-    return "-" if value is None else f"{value / scale:.{digits}f}"
+    from nas.report import fmt
+
+    return fmt(value, scale, digits)
 
 
 @app.command()
@@ -207,47 +209,13 @@ def search(
 
 
 def _print_best(result: Any) -> None:
-    """The best archs with a feasibility column, and a plain line when none keeps the bounds.
+    """The best archs with a feasibility column, then the summary lines (see `nas.report`)."""
+    from nas.report import best_rows, search_summary
 
-    A metric that breaks its bound shows the bound beside it (`12.250 > 9.5`).
-    """
-    objective = result.objective
-    rows = []
-    for position, r in enumerate(result.best, 1):
-        m = r["metrics"]
-        rows.append([position if r["feasible"] else "-", r["hash"][:12], "yes" if r["feasible"] else "no",
-                     _fmt(m.get("accuracy")), _bounded_cell(r, "latency_ms"), _bounded_cell(r, "params", 1e6),
-                     _fmt(m["macs"], 1e6)])
-    _table(f"best architectures ({objective.mode} {objective.metric}{_bounds_text(objective)})",
-           ["rank", "arch", "feasible", "accuracy", "latency ms", "params M", "MACs M"], rows)
-    summary = f"{result.n_archs} archs evaluated, {result.n_feasible} feasible"
-    if result.n_failed:
-        summary += f", {result.n_failed} failed (see trials.jsonl)"
-    typer.echo(summary)
-    if result.table is not None:
-        typer.echo(f"latency (LUT): {result.table['path']} ({result.table['device_id']}, "
-                   f"scale {result.table['scale']:.3g})")
-    if result.exhausted:
-        typer.echo(f"note: the search ended early: {result.exhausted}")
-    if result.n_archs and not result.n_feasible:
-        typer.echo(f"no feasible arch found: every evaluated arch breaks{_bounds_text(objective, lead=' ')}; "
-                   "the table lists the closest ones")
-
-
-def _bounded_cell(record: dict[str, Any], metric: str, scale: float = 1.0) -> str:
-    """A metric's value, with the bound it breaks beside it (`12.250 > 9.5`)."""
-    text = _fmt(record["metrics"].get(metric), scale)
-    broken = record["violations"].get(metric)
-    return f"{text} > {broken[1] / scale:g}" if broken else text
-
-
-def _bounds_text(objective: Any, lead: str = ", ") -> str:
-    parts = []
-    if objective.max_latency_ms is not None:
-        parts.append(f"latency <= {objective.max_latency_ms:g} ms")
-    if objective.max_params is not None:
-        parts.append(f"params <= {objective.max_params:,}")
-    return lead + " and ".join(parts) if parts else ""
+    title, columns, rows = best_rows(result)
+    _table(title, columns, rows)
+    for line in search_summary(result):
+        typer.echo(line)
 
 
 def _progress_reporter(total: int) -> Any:
@@ -397,9 +365,9 @@ def export_cmd(
 
     Example: nas export --run-dir runs/demo --rank 1 --format json,pt,torchscript,onnx --out exported
     """
-    from nas.export import export
+    from nas.export import export, pick_arch
 
-    chosen = _pick_arch(run_dir, rank, arch, preset)
+    chosen = pick_arch(run_dir, rank, arch, preset)
     written = export(chosen, [f.strip() for f in format.split(",") if f.strip()], out)
     rows = [{"format": name, "path": str(e.path), "max_abs_diff": e.max_abs_diff} for name, e in written.items()]
     if as_json:
@@ -408,40 +376,6 @@ def export_cmd(
     _table(f"exported {chosen.space} {chosen.short_hash}", ["format", "path", "max |diff| vs PyTorch"],
            [[r["format"], r["path"], "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"]
             for r in rows])
-
-
-def _pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | None) -> Any:
-    from nas.arch import Arch
-    from nas.config import load_json, read_bounded
-    from nas.space import find_preset
-
-    given = [n for n, v in (("--run-dir", run_dir), ("--arch", arch), ("--preset", preset)) if v is not None]
-    if len(given) != 1:
-        raise UserError(f"give exactly one of --run-dir, --arch, --preset (got {', '.join(given) or 'none'})")
-    if preset is not None:
-        return find_preset(preset)
-    if arch is not None:
-        try:
-            return Arch.from_json(read_bounded(arch, str(arch)))
-        except OSError as err:
-            raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
-        except UserError as err:
-            raise UserError(f"--arch {arch}: {err}") from None
-    best_path = run_dir / "best.json"
-    if not best_path.is_file():
-        raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
-    try:
-        best = load_json(read_bounded(best_path, "best.json"), "best.json")
-        if not isinstance(best, list) or not all(isinstance(r, dict) and "arch" in r for r in best):
-            raise UserError("not a list of records with an 'arch' each")
-    except OSError as err:
-        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror})") from None
-    except UserError as err:
-        raise UserError(f"--run-dir: {best_path} is damaged (not JSON, or not what `nas search` writes): {err}; "
-                        "re-run the search to rewrite it") from None
-    if not 1 <= rank <= len(best):
-        raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
-    return Arch.from_dict(best[rank - 1]["arch"])
 
 
 def main() -> None:

@@ -291,6 +291,40 @@ def _remove_stale_temps(out: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
+def pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | None) -> Arch:
+    """The arch `nas export` exports: rank `rank` of a run dir's best.json, an arch file or a preset."""
+    from nas.config import load_json, read_bounded
+    from nas.space import find_preset
+
+    given = [n for n, v in (("--run-dir", run_dir), ("--arch", arch), ("--preset", preset)) if v is not None]
+    if len(given) != 1:
+        raise UserError(f"give exactly one of --run-dir, --arch, --preset (got {', '.join(given) or 'none'})")
+    if preset is not None:
+        return find_preset(preset)
+    if arch is not None:
+        try:
+            return Arch.from_json(read_bounded(arch, str(arch)))
+        except OSError as err:
+            raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
+        except UserError as err:
+            raise UserError(f"--arch {arch}: {err}") from None
+    best_path = run_dir / "best.json"
+    if not best_path.is_file():
+        raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
+    try:
+        best = load_json(read_bounded(best_path, "best.json"), "best.json")
+        if not isinstance(best, list) or not all(isinstance(r, dict) and "arch" in r for r in best):
+            raise UserError("not a list of records with an 'arch' each")
+    except OSError as err:
+        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror})") from None
+    except UserError as err:
+        raise UserError(f"--run-dir: {best_path} is damaged (not JSON, or not what `nas search` writes): {err}; "
+                        "re-run the search to rewrite it") from None
+    if not 1 <= rank <= len(best):
+        raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
+    return Arch.from_dict(best[rank - 1]["arch"])
+
+
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:
     if got.shape != expected.shape:
         raise NasError(f"export {name}: output shape {tuple(got.shape)} != PyTorch's {tuple(expected.shape)}")
@@ -340,4 +374,4 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
-__all__ = ["Exported", "Exporter", "export", "write_bytes"]
+__all__ = ["Exported", "Exporter", "export", "pick_arch", "write_bytes"]

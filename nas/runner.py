@@ -239,9 +239,9 @@ def run_search(
         search = Search(plan, rd, progress)
         concurrency = 0
         if not search.is_done:
+            concurrency = _connect(address, num_cpus, config.cpus_per_trial)
             if notify is not None:
                 _announce_table(plan, notify)
-            concurrency = _connect(address, num_cpus, config.cpus_per_trial)
             signals.install()  # ray.init installs its own SIGTERM handler
             signals.check()
         rd.write_config(plan.stored_config())

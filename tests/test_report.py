@@ -1,5 +1,5 @@
-"""What `nas search` prints at the end: a feasibility column, whole 12-digit hashes on an
-80-column terminal, and a plain line when no arch keeps the bounds."""
+"""What `nas search` prints at the end (`nas.report`, printed by the CLI): a feasibility column,
+whole 12-digit hashes on an 80-column terminal, and a plain line when no arch keeps the bounds."""
 
 from __future__ import annotations
 
