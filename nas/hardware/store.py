@@ -123,7 +123,9 @@ def table_for_arch(arch: Arch, device_id: str) -> tuple[LatencyTable | None, str
         return LatencyTable.load(path, space, batch=1), str(path)
     nearest = ""
     prefix = f"{space.name}-r{space.config.resolution}"
-    for other in sorted({p for root in search_dirs() for p in (root / device_id).glob(f"{prefix}*.yaml")}):
+    # In lookup order (the user's tables first, then the committed ones), sorted within each directory.
+    candidates = [p for root in search_dirs() for p in sorted((root / device_id).glob(f"{prefix}*.yaml"))]
+    for other in dict.fromkeys(candidates):
         if other.stem != prefix and not other.stem.startswith(f"{prefix}-"):
             continue
         meta = LatencyTable.load(other).metadata
