@@ -11,7 +11,9 @@ from a YAML file and CLI flags and checks its space and evaluator configs too.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from collections.abc import Mapping
 from itertools import accumulate
 from pathlib import Path
@@ -70,11 +72,25 @@ class UserConfig(Frozen):
 
 # -- bounded reading and parsing --------------------------------------------------------------
 
-def read_bounded(path: Path, where: str, limit: int = MAX_FILE_BYTES) -> str:
-    """The text of `path`, refusing a file over `limit` bytes or not UTF-8; `OSError` passes through.
+def check_regular(path: Path, where: str) -> None:
+    """Refuse anything but a regular file (or a link to one) before it is opened: opening a FIFO
+    blocks until a writer comes, and a device or a directory is no input file. `OSError` (a missing
+    file) passes through."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        kind = ("directory" if stat.S_ISDIR(mode) else "named pipe" if stat.S_ISFIFO(mode)
+                else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "socket" if stat.S_ISSOCK(mode)
+                else "special file")
+        raise UserError(f"{where}: {path} is a {kind}, not a regular file; give a file")
 
-    Reads at most `limit + 1` bytes, so a huge file (or `/dev/zero`) costs nothing.
+
+def read_bounded(path: Path, where: str, limit: int = MAX_FILE_BYTES) -> str:
+    """The text of `path`, refusing a file over `limit` bytes, not UTF-8 or not a regular file;
+    `OSError` passes through.
+
+    Reads at most `limit + 1` bytes, so a huge file costs nothing.
     """
+    check_regular(path, where)
     with Path(path).open("rb") as handle:
         data = handle.read(limit + 1)
     if len(data) > limit:

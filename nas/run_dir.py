@@ -205,6 +205,9 @@ class RunDir:
         if not self.trials_path.exists():
             self._good_length = 0
             return []
+        from nas.config import check_regular
+
+        check_regular(self.trials_path, "the trial log")
         data = self.trials_path.read_bytes()
         end = data.rfind(b"\n") + 1
         records = []
@@ -265,10 +268,11 @@ class RunDir:
         """The saved strategy state, or None before the first save."""
         if not self.state_path.exists():
             return None
-        from nas.config import load_json
+        from nas.config import check_regular, load_json
 
         fix = "the run dir is damaged; restore it or choose another --run-dir"
         try:
+            check_regular(self.state_path, "the strategy state")
             state = load_json(self.state_path.read_bytes(), str(self.state_path), max_bytes=_MAX_STATE)
         except UserError as err:
             raise UserError(f"{err}; {fix}") from None

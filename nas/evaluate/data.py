@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from nas.config import check_regular
 from nas.errors import UserError, shorten
 
 DATASETS = ("cifar10", "digits")
@@ -181,6 +182,7 @@ def _read_cifar_batch(path: Path, mtime_ns: int, size: int) -> tuple[np.ndarray,
     one that Python 3 code re-pickles (str keys, `"data"`).
     """
     fix = _CIFAR_REEXTRACT
+    check_regular(path, "--data-dir")
     try:
         with path.open("rb") as f:
             batch = _NumpyOnlyUnpickler(f, encoding="bytes").load()

@@ -289,7 +289,10 @@ def _fix_command(meta: Metadata | None, space: SearchSpace | None = None, batch:
 
 def _read_yaml(path: Path) -> tuple[bytes, Any]:
     """The bytes of a YAML file and its parsed content; an unreadable or malformed file is a `UserError`."""
+    from nas.config import check_regular
+
     try:
+        check_regular(path, "latency table")
         raw = path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
