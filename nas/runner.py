@@ -124,8 +124,11 @@ class _StrategySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         search, signals = _SEARCHES[self.search_id]
-        if signals.signum is not None or search.should_stop:
+        if signals.signum is not None or search.stop_error is not None:
             return Searcher.FINISHED
+        if search.should_stop:
+            # Archs still in flight may fail and need a retry: ask again once they are back.
+            return None if search.in_flight else Searcher.FINISHED
         try:
             archs = search.next_batch()
         except Exception as err:  # a failed state write: stop cleanly, raise it after Tune is done

@@ -93,3 +93,25 @@ def test_resume_tells_lines_recorded_after_the_last_state_save(lut_path: Path, t
         resumed = Search(plan, rd)
         assert resumed.retry == [] and resumed.strategy.pending() == []
         assert len(resumed.records) == 5
+
+
+def test_the_searcher_waits_for_archs_in_flight_before_it_finishes(lut_path: Path, tmp_path: Path) -> None:
+    """A failure in the last batch of the budget is retried: Tune is told "not now", not "finished"."""
+    from ray.tune.search import Searcher
+
+    from nas.runner import _Signals, _StrategySearcher
+
+    with RunDir(tmp_path) as rd:
+        search = Search(_plan(lut_path, trials=5), rd)
+        search.start()
+        searcher = _StrategySearcher(search, _Signals())
+        assert searcher.suggest("t1") is not None  # the whole budget, in flight
+        assert searcher.suggest("t2") is None  # nothing to ask now, but the batch may come back failed
+        archs = searcher.live["t1"]
+        outcome = {"results": [{"error": "ValueError: boom"}] + _ok(search, archs[1:])["results"], **_WHERE}
+        searcher.on_trial_complete("t1", outcome)
+        retry = searcher.suggest("t3")
+        assert retry is not None and len(retry["archs"]) == 1
+        searcher.on_trial_complete("t3", _ok(search, searcher.live["t3"]))
+        assert searcher.suggest("t4") == Searcher.FINISHED
+        assert len(rd.read_trials()) == 5
