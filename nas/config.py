@@ -116,7 +116,10 @@ def parse_yaml(text: str, where: str) -> Any:
     """`yaml.safe_load` of `text` within the limits: size, nesting depth, alias count and alias growth."""
     if len(text) > MAX_FILE_BYTES:
         raise UserError(f"{where}: larger than the {_size(MAX_FILE_BYTES)} limit for YAML; give a smaller file")
-    loader = _BoundedLoader(text, where)
+    try:
+        loader = _BoundedLoader(text, where)  # its reader refuses NUL and other control characters
+    except yaml.YAMLError as err:
+        raise UserError(f"{where}: malformed YAML ({_cut(str(err))})") from None
     try:
         node = loader.get_single_node()
         if node is None:

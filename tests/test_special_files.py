@@ -41,3 +41,17 @@ def test_a_pipe_as_cifar_batch_is_refused(tmp_path: Path) -> None:
     (tmp_path / "test_batch").write_bytes(b"not read: the pipe is refused first")
     with pytest.raises(UserError, match="not a regular file"):
         load_dataset("cifar10", tmp_path)
+
+
+def test_a_table_with_an_alias_bomb_or_a_nul_byte_is_refused_at_once(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}, *{chr(97 + i)}]\n"
+        for i in range(9)))
+    with pytest.raises(UserError, match="bomb.yaml"):
+        LatencyTable.load(bomb)
+    nul = tmp_path / "nul.yaml"
+    nul.write_text("metadata: {}\x00\n")
+    for load in (LatencyTable.load, load_yaml):
+        with pytest.raises(UserError, match="nul.yaml: malformed YAML"):
+            load(nul)

@@ -302,11 +302,9 @@ def _read_yaml(path: Path) -> tuple[bytes, Any]:
         text = raw.decode()
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
-    try:
-        return raw, yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        first = str(err).splitlines()[0] if str(err) else "parse error"
-        raise UserError(f"{path}: malformed YAML ({first})") from None
+    from nas.config import parse_yaml
+
+    return raw, parse_yaml(text, str(path))  # bounded: size, depth, aliases
 
 
 def _check_finite(data: Any, source: str, meta: Metadata | None, where: str = "") -> None:
