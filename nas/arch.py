@@ -84,7 +84,7 @@ class Arch:
     @staticmethod
     def from_json(text: str | bytes) -> Arch:
         """Parse (within the limits of `nas.config.load_json`) and validate JSON of an arch."""
-        from nas.config import load_json
+        from nas.files import load_json
 
         return Arch.from_dict(load_json(text, "arch"))
 

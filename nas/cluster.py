@@ -8,7 +8,9 @@ retry warnings off the user's terminal and can be killed when it hangs (a port t
 not a Ray head makes Ray wait 40 s per attempt, twenty times over). A failure becomes
 one `UserError` line that says what to fix: a missing or wrong token, a head that is
 down, a flag value. `check_resources` then turns the cluster's CPUs into the number of
-trials that can run at once.
+trials that can run at once. `connected` tears down what it started on every way out;
+how a local cluster is started, shielded from the search's signals and watched is
+`nas.local_cluster`.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from nas.errors import UserError
+from nas.local_cluster import shielded_start, start, watched
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +73,34 @@ def connect(address: str | None, num_cpus: int | None, timeout_s: float = 30.0) 
     if ray.is_initialized():
         return
     if address is None:
-        _start_local(num_cpus)
+        start(num_cpus)
         return
     deadline = time.monotonic() + timeout_s
     if host_port is not None:
         _check_reachable(address, *host_port, timeout_s=min(_TCP_TIMEOUT_S, timeout_s))
     _probe_join(address, timeout_s=max(1.0, deadline - time.monotonic()))
-    ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+    with shielded_start():
+        ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
     log.info("joined the Ray cluster at %s", ray.get_runtime_context().gcs_address)
+
+
+@contextmanager
+def connected(address: str | None, num_cpus: int | None, timeout_s: float = 30.0) -> Iterator[None]:
+    """`connect`, and on the way out (a return, an error, an interrupt) `ray.shutdown()` if this call
+    started or joined the cluster: a private local cluster's processes never outlive its search.
+    A Ray session the caller had already started is left as it was."""
+    import ray
+
+    owned = not ray.is_initialized()
+    try:
+        connect(address, num_cpus, timeout_s)
+        with watched() if owned and address is None else nullcontext():
+            yield
+    finally:
+        if owned and ray.is_initialized():
+            start = time.monotonic()
+            ray.shutdown()
+            log.info("Ray shut down in %.1f s", time.monotonic() - start)
 
 
 def check_resources(cpus_per_trial: float) -> int:
@@ -123,28 +148,6 @@ def quiet_ray_logs() -> None:
     logger = logging.getLogger("ray._private.authentication.authentication_token_setup")
     if not any(isinstance(f, _DropMessages) for f in logger.filters):
         logger.addFilter(_DropMessages("Token authentication is enabled for this Ray cluster"))
-
-
-def _start_local(num_cpus: int | None) -> None:
-    import ray
-    from ray._private import ray_constants
-
-    # address="local" starts a new cluster: None or "auto" would join the one named in
-    # /tmp/ray/ray_current_cluster (or RAY_ADDRESS), where num_cpus is an error.
-    # Ray rewrites 127.0.0.1 given as the node IP to the machine's LAN address, except in
-    # its single-machine mode (the default on macOS and Windows), where the node IP is
-    # 127.0.0.1 and the GCS, raylet, agents, workers and this driver all bind to it. Ray
-    # reads that mode from RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER once, at import, and it is
-    # imported by now, so the constant is switched for the start only; later callers get
-    # the node IP from the started node.
-    saved = ray_constants.ENABLE_RAY_CLUSTER
-    ray_constants.ENABLE_RAY_CLUSTER = False
-    try:
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=False)
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = saved
-    log.info("started a local Ray cluster at %s", ray.get_runtime_context().gcs_address)
 
 
 def _cut(text: str, limit: int = 60) -> str:

@@ -293,7 +293,7 @@ def _remove_stale_temps(out: Path) -> None:
 
 def pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | None) -> Arch:
     """The arch `nas export` exports: rank `rank` of a run dir's best.json, an arch file or a preset."""
-    from nas.config import load_json, read_bounded
+    from nas.files import read_bounded
     from nas.space import find_preset
 
     given = [n for n, v in (("--run-dir", run_dir), ("--arch", arch), ("--preset", preset)) if v is not None]
@@ -308,21 +308,41 @@ def pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | 
             raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
         except UserError as err:
             raise UserError(f"--arch {arch}: {err}") from None
+    return _ranked_arch(run_dir, rank)
+
+
+def _ranked_arch(run_dir: Path, rank: int) -> Arch:
+    """The arch at `rank` (1 = best) of `run_dir`'s best.json; every way it can fail is one `UserError` line."""
+    from nas.files import load_json, read_bounded
+
     best_path = run_dir / "best.json"
-    if not best_path.is_file():
+    if not run_dir.is_dir():
+        raise UserError(f"--run-dir: {run_dir} is not a directory; give the run dir of a search (its --run-dir)")
+    if not best_path.exists() and not best_path.is_symlink():
+        if any((run_dir / name).exists() for name in ("trials.jsonl", "strategy.json")):
+            raise UserError(f"--run-dir: the search in {run_dir} has not finished ({best_path} is written at its "
+                            "end); resume it with the same `nas search` command, or export with --arch or --preset")
         raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
     try:
         best = load_json(read_bounded(best_path, "best.json"), "best.json")
         if not isinstance(best, list) or not all(isinstance(r, dict) and "arch" in r for r in best):
             raise UserError("not a list of records with an 'arch' each")
     except OSError as err:
-        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror})") from None
+        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror or err})") from None
     except UserError as err:
         raise UserError(f"--run-dir: {best_path} is damaged (not JSON, or not what `nas search` writes): {err}; "
                         "re-run the search to rewrite it") from None
+    if not best:
+        raise UserError(f"--run-dir: the run {run_dir} has no ranked archs yet ({best_path} is an empty list: no "
+                        "arch was evaluated successfully, trials.jsonl says why); fix that and re-run the search, "
+                        "or export with --arch or --preset")
     if not 1 <= rank <= len(best):
         raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
-    return Arch.from_dict(best[rank - 1]["arch"])
+    try:
+        return Arch.from_dict(best[rank - 1]["arch"])
+    except UserError as err:
+        raise UserError(f"--run-dir: {best_path} is damaged at rank {rank} ({err}); re-run the search to rewrite "
+                        "it") from None
 
 
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:

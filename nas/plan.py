@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nas.config import Objective, RunConfig
 from nas.errors import UserError
 from nas.evaluate.base import EvaluatorSpec, build_evaluator, evaluator_class
+from nas.objective import metrics_read
 from nas.space import SearchSpace, load_space
 from nas.strategies.base import build_strategy
 from nas.strategies.dedup import Deduplicated
@@ -47,11 +48,14 @@ class SearchPlan:
         """What `config.yaml` holds: the run config and the latency table it priced archs with."""
         return {**self.config.model_dump(mode="json"), "latency_table": self.table_record}
 
-    def new_strategy(self) -> Deduplicated:
-        """A fresh strategy of the plan, deduplicated (the budget counts distinct archs)."""
+    def new_strategy(self, workdir: Path | None = None) -> Deduplicated:
+        """A fresh strategy of the plan, deduplicated (the budget counts distinct archs).
+
+        `workdir` is the run dir's folder for a library's own store (Optuna's journal); None keeps it in memory.
+        """
         config = self.config
         return Deduplicated(build_strategy(config.strategy, config.strategy_config, self.space,
-                                           self.objective, config.seed))
+                                           self.objective, config.seed, workdir))
 
 
 def plan_search(config: RunConfig) -> SearchPlan:
@@ -60,15 +64,18 @@ def plan_search(config: RunConfig) -> SearchPlan:
     evaluator_cls = evaluator_class(config.evaluator)
     objective = Objective(**{**config.objective.model_dump(),
                              "metric": config.objective.metric or evaluator_cls.default_metric})
-    needs_table = evaluator_cls.needs_table or objective.max_latency_ms is not None \
-        or objective.metric == "latency_ms"
+    read = metrics_read(objective)
+    needs_table = evaluator_cls.needs_table or any(m in evaluator_cls.table_metrics for m in read)
     table = _find_table(config, space, needs_table)
-    _check_objective(objective, config.evaluator, evaluator_cls.metrics, has_table=table is not None)
+    _check_objective(objective, config.evaluator, evaluator_cls, has_table=table is not None)
     if table is not None and objective.max_latency_ms is not None:
         _check_bound_reachable(objective.max_latency_ms, table, space)
     spec = EvaluatorSpec(
         space=config.space, space_config=dict(space.config.model_dump()), evaluator=config.evaluator,
-        config=_absolute_paths(config.evaluator_config), table=table.source if table is not None else None,
+        config=_absolute_paths(config.evaluator_config),
+        # Absolute: Ray workers run in another directory; with its hash, so a file changed since is refused.
+        table=str(table.path) if table is not None and table.path is not None else None,
+        table_sha256=table.sha256 if table is not None else None,
     )
     build_evaluator(spec)  # its config and data, checked here rather than in every Ray worker
     plan = SearchPlan(config=config, space=space, objective=objective, spec=spec, table=table,
@@ -78,12 +85,17 @@ def plan_search(config: RunConfig) -> SearchPlan:
     return plan
 
 
-def _check_objective(objective: Objective, evaluator: str, measured: tuple[str, ...], has_table: bool) -> None:
-    available = [m for m in measured if has_table or m != "latency_ms"]
-    if objective.metric not in available:
-        hint = "; latency_ms needs a latency table (--hardware)" if objective.metric == "latency_ms" else ""
-        raise UserError(f"--metric {objective.metric}: evaluator {evaluator} does not measure it; it measures "
-                        f"{', '.join(sorted(available))}{hint}")
+def _check_objective(objective: Objective, evaluator: str, evaluator_cls: Any, has_table: bool) -> None:
+    """Refuse an objective that reads a metric the evaluator does not measure (here, with this table or none)."""
+    available = [m for m in evaluator_cls.metrics if has_table or m not in evaluator_cls.table_metrics]
+    for metric in metrics_read(objective):
+        if metric not in available:
+            flag = "--max-latency-ms" if metric == "latency_ms" and objective.max_latency_ms is not None else (
+                "--max-params" if metric == "params" and objective.max_params is not None else
+                "--metrics" if objective.kind == "pareto" else "--metric")
+            hint = "; it needs a latency table (--hardware)" if metric in evaluator_cls.table_metrics else ""
+            raise UserError(f"{flag}: evaluator {evaluator} does not measure {metric}{hint}; it measures "
+                            f"{', '.join(sorted(available))}")
 
 
 def _check_bound_reachable(bound: float, table: LatencyTable, space: SearchSpace) -> None:
@@ -103,14 +115,14 @@ def _absolute_paths(evaluator_config: dict[str, Any]) -> dict[str, Any]:
 
 
 def _find_table(config: RunConfig, space: SearchSpace, required: bool) -> LatencyTable | None:
-    from nas.hardware.store import resolve_table
+    from nas.hardware.store import TableNotFound, resolve_table
 
     try:
         return resolve_table(config.hardware, space, batch=1)
-    except UserError:
+    except TableNotFound:
         if required or config.hardware is not None:
             raise
-        return None
+        return None  # a table was only optional: the search runs without latency_ms
 
 
 def _table_record(table: LatencyTable) -> dict[str, Any]:

@@ -8,19 +8,24 @@ thousands for `lut`, since a Tune trial costs about a second to schedule); an ar
 evaluation raises comes back as an error, not a failed trial, so it is retried and then
 recorded as failed (`nas.trials`). Every ask and every result is saved to the run dir
 before Tune sees it, so a search killed at any moment resumes. SIGINT and SIGTERM stop the
-search within seconds, with the run dir consistent; the CLI exits 130 or 143.
+search within seconds, with the run dir consistent, even when Ray hangs (`nas.interrupts`);
+the CLI exits 130 or 143. A resumed search keeps the latency table its run dir was priced
+with (`nas.resume`). Tune's own files live in a temp dir removed at the end (nothing resumes
+from them); a failure of Tune is one line, its traceback goes to the debug log (`--debug`).
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
-import signal
+import shutil
 import socket
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,22 +37,17 @@ from nas.arch import Arch
 from nas.config import Objective, RunConfig
 from nas.errors import NasError, UserError
 from nas.evaluate.base import EvaluatorSpec, build_evaluator
+from nas.interrupts import Interrupted, catching_signals
+from nas.interrupts import Signals as _Signals
 from nas.plan import SearchPlan, plan_search
-from nas.run_dir import RunDir
+from nas.resume import plan_for_run_dir
+from nas.run_dir import DiskFullError, RunDir, is_running
 from nas.space import SearchSpace
 from nas.trials import Progress, Search, rank
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Interrupted", "Progress", "SearchResult", "decode", "encode", "evaluate_trial", "run_search"]
-
-
-class Interrupted(NasError):
-    """The search was stopped by a signal; the run dir is consistent and a re-run resumes it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__("stopped; re-run the same command to resume")
-        self.signum = signum
 
 
 @dataclass(frozen=True)
@@ -176,39 +176,6 @@ class _StopAll(tune.Stopper):
         return search is None or signals.signum is not None or search.stop_error is not None
 
 
-class _Signals:
-    """SIGINT and SIGTERM set a flag the search loop checks; a second signal exits at once."""
-
-    def __init__(self) -> None:
-        self.signum: int | None = None
-
-    def handle(self, signum: int, frame: Any) -> None:
-        if self.signum is not None:
-            os.write(2, b"stopped; re-run the same command to resume\n")
-            os._exit(128 + signum)
-        self.signum = signum
-
-    def install(self) -> None:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(signum, self.handle)
-
-    def check(self) -> None:
-        if self.signum is not None:
-            raise Interrupted(self.signum)
-
-
-@contextmanager
-def _catching_signals() -> Iterator[_Signals]:
-    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signals = _Signals()
-    signals.install()
-    try:
-        yield signals
-    finally:
-        for signum, handler in saved.items():
-            signal.signal(signum, handler)
-
-
 def run_search(
     config: RunConfig,
     run_dir: Path,
@@ -236,35 +203,43 @@ def run_search(
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stops the search and says how to resume
-    plan = plan_search(config)
-    with _catching_signals() as signals, RunDir(run_dir) as rd:
-        _check_same_search(rd, plan)
-        search = Search(plan, rd, progress)
-        concurrency = 0
-        if not search.is_done:
-            concurrency = _connect(address, num_cpus, config.cpus_per_trial)
-            if notify is not None:
-                _announce_table(plan, notify)
-            signals.install()  # ray.init installs its own SIGTERM handler
-            signals.check()
-        rd.write_config(plan.stored_config())
-        search.start()
-        if not search.is_done:
-            _run_tune(search, signals, rd, concurrency)
+    with catching_signals() as signals:
+        plan = plan_search(config)
         signals.check()
-        if search.stop_error is not None:
-            raise search.stop_error
-        if not search.is_done:
-            raise NasError(f"search stopped with {len(search.records)}/{config.trials} archs done; "
-                           "re-run the same command to resume")
-        best = rank(search.records, plan.objective)
-        rd.write_best(best)
-        return SearchResult(
-            best=best, objective=plan.objective, n_archs=len(search.records),
-            n_failed=sum(r.get("status") == "failed" for r in search.records),
-            n_feasible=sum(bool(r.get("feasible")) for r in search.records),
-            exhausted=search.exhausted, table=plan.table_record,
-        )
+        with RunDir(run_dir) as rd:
+            plan = plan_for_run_dir(rd, plan, notify)
+            search = Search(plan, rd, progress)
+            with ExitStack() as cluster:  # torn down before the result is written, on every way out
+                concurrency = 0
+                if not search.is_done:
+                    concurrency = cluster.enter_context(_cluster(address, num_cpus, config.cpus_per_trial))
+                    if notify is not None:
+                        _announce_table(plan, notify)
+                    signals.check()
+                rd.write_config(plan.stored_config())
+                search.start()
+                if not search.is_done:
+                    _run_tune(search, signals, concurrency)
+            signals.check()
+            return _finish(search, rd)
+
+
+def _finish(search: Search, rd: RunDir) -> SearchResult:
+    """Raise what stopped the search, or rank its archs and write `best.json`."""
+    config, plan = search.config, search.plan
+    if search.stop_error is not None:
+        raise search.stop_error
+    if not search.is_done:
+        raise NasError(f"search stopped with {len(search.records)}/{config.trials} archs done; "
+                       "re-run the same command to resume")
+    best = rank(search.records, plan.objective)
+    rd.write_best(best)
+    return SearchResult(
+        best=best, objective=plan.objective, n_archs=len(search.records),
+        n_failed=sum(r.get("status") == "failed" for r in search.records),
+        n_feasible=sum(bool(r.get("feasible")) for r in search.records),
+        exhausted=search.exhausted, table=plan.table_record,
+    )
 
 
 def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
@@ -281,76 +256,136 @@ def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
         notify(f"warning: {warning}")
 
 
-def _check_same_search(rd: RunDir, plan: SearchPlan) -> None:
-    """Refuse a run dir that holds another search, or was priced with another latency table."""
-    stored_config = plan.stored_config()
-    rd.check_config(stored_config, ignore=("hardware", "latency_table"))
-    stored = (rd.read_config() or {}).get("latency_table")
-    given = stored_config["latency_table"]
-    if stored and given and stored.get("sha256") != given["sha256"]:
-        raise UserError(
-            f"run dir {rd.path} was priced with latency table {stored.get('path')} (sha256 "
-            f"{str(stored.get('sha256'))[:12]}); the table found now is {given['path']} (sha256 "
-            f"{given['sha256'][:12]}); pass --hardware {stored.get('path')} if that file is unchanged, "
-            "or choose another --run-dir"
-        )
-
-
-def _connect(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> int:
-    """Join or start the cluster; the number of trials that can run at once."""
-    from nas.cluster import check_resources, connect
+@contextmanager
+def _cluster(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> Iterator[int]:
+    """Join or start the cluster, shut down on the way out; yields the number of trials that can run at once."""
+    from nas.cluster import check_resources, connected
 
     if address is None:  # a local cluster's CPUs are known before it starts
         cpus = num_cpus or os.cpu_count() or 1
         if cpus_per_trial > cpus:
             raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: more than the local cluster has ({cpus} CPUs); "
                             f"give at most {cpus}")
-    connect(address, num_cpus)
-    return check_resources(cpus_per_trial)
+    with connected(address, num_cpus):
+        yield check_resources(cpus_per_trial)
 
 
-class _DropMessages(logging.Filter):
-    def __init__(self, prefix: str) -> None:
-        super().__init__()
-        self.prefix = prefix
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith(self.prefix)
-
-
-def _drop_messages(logger: str, prefix: str) -> None:
-    """Drop a logger's records that start with `prefix` (once per process)."""
-    target = logging.getLogger(logger)
-    if not any(isinstance(f, _DropMessages) and f.prefix == prefix for f in target.filters):
-        target.addFilter(_DropMessages(prefix))
-
-
-def _run_tune(search: Search, signals: _Signals, rd: RunDir, concurrency: int) -> None:
-    session = len(list((rd.path / "tune").glob("session-*"))) if (rd.path / "tune").exists() else 0
-    tuner = tune.Tuner(
-        tune.with_resources(evaluate_trial, {"cpu": search.config.cpus_per_trial}),
-        tune_config=tune.TuneConfig(
-            search_alg=_StrategySearcher(search, signals), num_samples=-1,
-            max_concurrent_trials=concurrency, reuse_actors=True,
-            trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
-        ),
-        run_config=tune.RunConfig(
-            name=f"session-{session}", storage_path=str(rd.path / "tune"), verbose=0,
-            stop=_StopAll(search),
-            # A trial fails only when its worker dies (an arch that raises comes back as an
-            # error): `Search` counts the attempt and retries its archs itself.
-            failure_config=tune.FailureConfig(max_failures=0),
-        ),
-    )
+def _run_tune(search: Search, signals: _Signals, concurrency: int) -> None:
     # Trial results travel back in memory; Tune's result files are off, so its end-of-run
     # metrics fetch has nothing to read and would warn about every trial. Trials that did not
     # complete (a killed worker) are retried and reported by `Search`, not by Tune's log line.
     logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
-    _drop_messages("ray.tune.execution.tune_controller", "Trial task failed")
     start = time.perf_counter()
+    with _tune_storage() as storage, _tune_errors_to_debug_log(search, storage.parent):
+        try:
+            tune.Tuner(
+                tune.with_resources(evaluate_trial, {"cpu": search.config.cpus_per_trial}),
+                tune_config=tune.TuneConfig(
+                    search_alg=_StrategySearcher(search, signals), num_samples=-1,
+                    max_concurrent_trials=concurrency, reuse_actors=True,
+                    trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
+                ),
+                run_config=tune.RunConfig(
+                    name="search", storage_path=str(storage), verbose=0, stop=_StopAll(search),
+                    # A trial fails only when its worker dies (an arch that raises comes back as an
+                    # error): `Search` counts the attempt and retries its archs itself.
+                    failure_config=tune.FailureConfig(max_failures=0),
+                ),
+            ).fit()
+        except Exception as err:  # Tune's own failure: every result was saved before Tune saw it
+            log.info("Ray Tune failed:\n%s", traceback.format_exc())
+            if search.stop_error is None and signals.signum is None:
+                search.stop_error = _tune_failure(err, storage.parent)
+        finally:
+            _SEARCHES.pop(id(search), None)
+    log.info("Ray Tune ran %.1f s", time.perf_counter() - start)
+
+
+_TUNE_PREFIX = "nas-tune-"
+
+
+@contextmanager
+def _tune_storage() -> Iterator[Path]:
+    """A temp dir for Ray Tune's own files (experiment state, trial dirs), removed at the end.
+
+    Nothing resumes from them (the run dir holds every result and the strategy state), so they
+    stay out of the run dir, next to the files Ray itself keeps in the temp dir. The name holds
+    this process's pid: one a killed search left behind is removed by the next search here.
+    """
+    root = Path(tempfile.gettempdir())
+    for stale in root.glob(f"{_TUNE_PREFIX}*-*"):
+        pid = stale.name[len(_TUNE_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not is_running(int(pid)) and stale.is_dir() and not stale.is_symlink():
+            shutil.rmtree(stale, ignore_errors=True)
     try:
-        tuner.fit()
+        path = Path(tempfile.mkdtemp(prefix=f"{_TUNE_PREFIX}{os.getpid()}-", dir=root))
+    except OSError as err:
+        raise _tune_failure(err, root) from None
+    try:
+        yield path
     finally:
-        _SEARCHES.pop(id(search), None)
-    log.info("tune session %d finished in %.1f s", session, time.perf_counter() - start)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _tune_failure(err: BaseException, where: Path, message: str = "") -> NasError:
+    """One line for a failure of Ray Tune (`err`, or a log `message` that tells it); a full disk says
+    where to free space."""
+    full = _disk_full_text(err) or _disk_full_text(Exception(message))
+    if full is not None:
+        return DiskFullError(f"disk full under {where} (Ray Tune's temp files: {full}); free space and re-run "
+                             "the same command to resume")
+    return NasError(f"Ray Tune failed ({_describe(err)}); re-run the same command to resume")
+
+
+_DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
+
+
+def _disk_full_text(err: BaseException | None) -> str | None:
+    """The reason if `err` or an exception it came from says the disk (or a quota) is full."""
+    seen: list[BaseException] = []
+    while err is not None and err not in seen:
+        seen.append(err)
+        if isinstance(err, OSError) and err.errno in _DISK_FULL:
+            return _DISK_FULL[err.errno]
+        reasons = [reason for reason in _DISK_FULL.values() if reason in str(err)]
+        if reasons:
+            return reasons[0]
+        err = err.__cause__ or err.__context__
+    return None
+
+
+class _TuneErrors(logging.Filter):
+    """On Ray's terminal handlers while Tune runs: Tune's errors (and warnings that carry a
+    traceback, like a failed sync of its files) go to the debug log instead, and one that says the
+    disk is full stops the search (Tune would log it and go on writing)."""
+
+    def __init__(self, search: Search, where: Path) -> None:
+        super().__init__()
+        self.search, self.where = search, where
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.name.startswith(("ray.tune", "ray.train", "ray.air")) or record.levelno < logging.WARNING:
+            return True
+        message = record.getMessage()
+        if record.levelno < logging.ERROR and not record.exc_info and "Traceback (most recent call" not in message:
+            return True
+        log.info("Ray Tune: %s", message, exc_info=record.exc_info)
+        error = record.exc_info[1] if record.exc_info and record.exc_info[1] else Exception(message)
+        failure = _tune_failure(error, self.where, message)
+        if self.search.stop_error is None and isinstance(failure, DiskFullError):
+            self.search.stop_error = failure
+        return False
+
+
+@contextmanager
+def _tune_errors_to_debug_log(search: Search, where: Path) -> Iterator[None]:
+    handlers = logging.getLogger("ray").handlers
+    errors = _TuneErrors(search, where)
+    for handler in handlers:
+        handler.addFilter(errors)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(errors)

@@ -19,8 +19,9 @@ import numpy as np
 from pydantic import Field
 
 from nas.arch import Arch, Choice, canonical_json
-from nas.config import SPACES_DIR, PresetSpec, SpaceFile, UserConfig, load_yaml, parse
+from nas.config import SPACES_DIR, PresetSpec, SpaceFile, UserConfig, parse
 from nas.errors import NasError, UserError, shorten
+from nas.files import load_yaml
 from nas.registry import SPACES
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,7 +92,10 @@ class _Zygote:
         self._lock = threading.Lock()
         self._n = 0
         ready = self._proc.stdout.readline()
-        assert ready == "ready\n", f"CLI zygote did not start: {(Path(self._dir) / 'zygote.log').read_text()}"
+        if ready != "ready\n":
+            log = (Path(self._dir) / "zygote.log").read_text()
+            self.close()
+            raise AssertionError(f"CLI zygote did not start: {log}")
 
     def run(self, args: list[str], timeout: float) -> subprocess.CompletedProcess:
         with self._lock:
@@ -108,9 +112,17 @@ class _Zygote:
             return subprocess.CompletedProcess(["nas", *args], rc, out.read_text(), err.read_text())
 
     def close(self) -> None:
-        self._proc.stdin.close()
-        self._proc.wait(timeout=30)
-        self._log.close()
+        """Stop the zygote (killed after 30 s) and remove its directory of outputs."""
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
+            self._proc.wait(timeout=30)
+        finally:
+            self._proc.stdout.close()
+            self._log.close()
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 _zygote: _Zygote | None = None

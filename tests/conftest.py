@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,32 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("space_name", SPACES.names())
     if "strategy_name" in metafunc.fixturenames:
         metafunc.parametrize("strategy_name", STRATEGIES.names())
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _private_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The system temp dir of the whole session (and of the processes it starts) is a dir of its own, removed
+    at the end: what the code under test keeps in temp (a full disk's `nas-unsaved-*` tables, the CLI
+    harness's `nas-cli-test-*` outputs, ONNX exports) never piles up in /tmp.
+
+    Ray keeps the temp dir it had: its unix socket paths under it must stay within 107 bytes.
+    """
+    path = tmp_path_factory.mktemp("tmp")
+    saved = {name: os.environ.get(name) for name in ("TMPDIR", "RAY_TMPDIR")}
+    saved_tempdir = tempfile.tempdir
+    os.environ.setdefault("RAY_TMPDIR", os.environ.get("TMPDIR") or "/tmp")
+    os.environ["TMPDIR"] = str(path)
+    tempfile.tempdir = str(path)
+    try:
+        yield path
+    finally:
+        tempfile.tempdir = saved_tempdir
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)

@@ -155,3 +155,22 @@ def test_search_names_the_flag_of_an_out_of_bounds_value(args: list[str], needle
 def test_profile_refuses_nan_width_mult() -> None:
     assert_user_error(run_cli("profile", "--width-mult", "nan", "--out", "t.yaml"), "width_mult", "finite")
     assert not Path("t.yaml").exists()
+
+
+def test_an_optional_table_that_is_damaged_is_refused_not_dropped(tmp_path, monkeypatch):
+    """A `train` search does not need a table, but one that is found and damaged is one line, not a search
+    that silently runs without `latency_ms`; a table that is merely missing is fine."""
+    from nas.config import RunConfig
+    from nas.errors import UserError
+    from nas.hardware.store import default_device_id, table_path
+    from nas.plan import plan_search
+    from nas.space import load_space
+
+    monkeypatch.setenv("NAS_PROFILES_DIR", str(tmp_path / "profiles"))
+    config = RunConfig(space="proxylessnas", evaluator="train", trials=1, space_config={"resolution": 40})
+    assert plan_search(config).table is None  # none found: optional
+    path = table_path(default_device_id("cpu"), load_space("proxylessnas", {"resolution": 40}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("entries: [not, a, table]\n")
+    with pytest.raises(UserError, match=str(path.name)):
+        plan_search(config)

@@ -111,7 +111,7 @@ def test_search_names_an_unknown_device_id(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("flag", "value"), [("--batch", "0"), ("--batch", "-2"), ("--threads", "0")])
 def test_profile_refuses_non_positive_sizes(flag: str, value: str) -> None:
-    assert_user_error(run_cli("profile", flag, value, "--out", "t.yaml"), flag, "positive", value)
+    assert_user_error(run_cli("profile", flag, value, "--out", "t.yaml"), flag, "must be an integer in [1, ", value)
     assert not Path("t.yaml").exists()
 
 
@@ -275,6 +275,24 @@ def test_export_refuses_an_unwritable_out(tmp_path: Path) -> None:
 def test_export_needs_exactly_one_source(args: list[str], needles: list[str]) -> None:
     assert_user_error(run_cli("export", *args, "--out", "out"), *needles)
     assert not Path("out").exists()
+
+
+@pytest.mark.parametrize("flag", ["--run-dir", "--arch", "--out"])
+@pytest.mark.parametrize(("value", "needles"), [
+    ("", ["an empty path"]),
+    ("p" * 130_000, ["130,000 characters", "(130000 chars)"]),
+    ("d/" + "n" * 300, ["component of 300 bytes"]),
+])
+def test_export_paths_are_bounded_up_front(flag: str, value: str, needles: list[str]) -> None:
+    source = [] if flag in ("--run-dir", "--arch") else ["--preset", "proxylessnas_tiny"]
+    line = assert_user_error(run_cli("export", *source, flag, value, "--format", "json"), flag, *needles)
+    assert len(line) < 400, line
+    assert not list(Path.cwd().iterdir()), "a refused export wrote files"
+
+
+def test_a_huge_unknown_flag_is_one_short_line() -> None:
+    line = assert_user_error(run_cli("search", "--" + "x" * 130_000), "no such option", "(130002 chars)")
+    assert len(line) < 400, line
 
 
 @pytest.fixture

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import ray
 
-from nas import cluster
+from nas import cluster, local_cluster
 from nas.cluster import check_resources, connect, quiet_ray_logs
 from nas.errors import UserError
 from tests.test_cluster import machine_env, ray_node
@@ -298,3 +300,119 @@ def test_local_cluster_is_new_even_when_ray_start_left_one_to_join(tmp_path: Pat
     assert report["gcs"] != named and report["gcs"].startswith("127.0.0.1:"), report
     assert report["cpus"] == 1 and report["nodes"] == 1, report
     assert "Traceback" not in stderr, stderr
+
+
+# --- start-up shielded from signals ----------------------------------------------------------------
+
+_CHILD_REPORT = ("import os; status = open('/proc/self/status').read();"
+                 "blocked = int(status.split('SigBlk:')[1].split()[0], 16);"
+                 "print(os.getsid(0) == os.getpid(), bool(blocked >> 1 & 1), bool(blocked >> 14 & 1))")
+"""A child's view: in a session of its own?  SIGINT (2) blocked?  SIGTERM (15) blocked?  (bit n-1 of SigBlk)"""
+
+
+@pytest.fixture
+def recorded_signals() -> Iterator[list[int]]:
+    """SIGINT/SIGTERM handlers that record the signal; the previous ones come back afterwards."""
+    got: list[int] = []
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    for s in saved:
+        signal.signal(s, lambda signum, frame: got.append(signum))
+    try:
+        yield got
+    finally:
+        for s, handler in saved.items():
+            signal.signal(s, handler)
+
+
+def test_a_signal_during_start_up_waits_and_then_reaches_our_handler(recorded_signals: list[int]) -> None:
+    from ray._private import utils as ray_utils
+
+    with local_cluster.shielded_start():
+        ray_utils.set_sigterm_handler(lambda signum, frame: sys.exit(signum))  # what ray.init does
+        for signum in (signal.SIGTERM, signal.SIGINT):  # to this thread: it waits until Ray is up
+            signal.pthread_kill(threading.main_thread().ident, signum)
+        time.sleep(0.05)
+        assert recorded_signals == [], "delivered while Ray was starting"
+        os.kill(os.getpid(), signal.SIGTERM)  # to the process: another thread may take it, our handler runs
+        time.sleep(0.05)
+    deadline = time.monotonic() + 2
+    while len(recorded_signals) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert sorted(recorded_signals) == [signal.SIGINT, signal.SIGTERM, signal.SIGTERM]
+    assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    assert ray_utils.set_sigterm_handler.__module__ == "ray._private.utils"  # Ray's own again
+
+
+def test_processes_ray_starts_get_their_own_session_and_the_usual_signal_mask() -> None:
+    from ray._private import services
+
+    popen = services.ConsolePopen
+
+    def ray_preexec() -> None:  # what Ray's start_ray_process passes
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+    with local_cluster.shielded_start():
+        child = services.ConsolePopen([sys.executable, "-c", _CHILD_REPORT], stdout=subprocess.PIPE, text=True,
+                                      preexec_fn=ray_preexec)
+        out, _ = child.communicate(timeout=30)
+    assert out.split() == ["True", "True", "False"], out  # own session; SIGINT blocked by Ray; SIGTERM not
+    assert services.ConsolePopen is popen
+    outside = subprocess.run([sys.executable, "-c", _CHILD_REPORT], capture_output=True, text=True, timeout=30)
+    assert outside.stdout.split()[0] == "False", "a plain child shares our session"
+
+
+_TEARDOWN = r"""
+import json, sys, psutil, ray
+from nas.cluster import connected
+pids = []
+try:
+    with connected(None, 1):
+        me = psutil.Process()
+        pids = [p.pid for p in me.children(recursive=True) if p.name() in ("gcs_server", "raylet")]
+        sessions = sorted({psutil.Process(pid).pid == __import__("os").getsid(pid) for pid in pids})
+        print(json.dumps({"pids": pids, "own_sessions": sessions}), flush=True)
+        raise RuntimeError("boom")
+except RuntimeError:
+    pass
+print(json.dumps({"initialized": ray.is_initialized(),
+                  "alive": [p for p in pids if psutil.pid_exists(p)
+                            and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_local_cluster_in_its_own_sessions_is_torn_down_on_an_error(tmp_path: Path, ray_tmp: Path) -> None:
+    done = subprocess.run([sys.executable, "-c", _TEARDOWN], env=machine_env(tmp_path, ray_tmp),
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    started, after = (json.loads(line) for line in done.stdout.strip().splitlines()[-2:])
+    assert len(started["pids"]) == 2 and started["own_sessions"] == [True], started
+    assert after == {"initialized": False, "alive": []}, (after, done.stderr[-3000:])
+
+
+_WATCHED = r"""
+import subprocess, sys, time
+from unittest import mock
+from nas import local_cluster
+quiet = dict(stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # our pipes close when we exit
+gcs = subprocess.Popen(["sleep", sys.argv[1]], **quiet)
+raylet = subprocess.Popen(["sleep", "5"], **quiet)
+with mock.patch.object(local_cluster, "_vital_processes", lambda: {"gcs_server": gcs, "raylet": raylet}):
+    with local_cluster.watched():
+        time.sleep(float(sys.argv[2]))
+print("left the block", flush=True)
+raylet.kill()
+"""
+
+
+@pytest.mark.parametrize(("dies_after", "block_s", "expected"), [
+    (0.3, 30, (1, "", "failed: the local Ray cluster's gcs_server died (exit 0); re-run the same command to resume")),
+    (30, 0.3, (0, "left the block", "")),
+])
+def test_a_local_cluster_process_that_dies_under_the_search_ends_it_with_one_line(
+        dies_after: float, block_s: float, expected: tuple[int, str, str]) -> None:
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _WATCHED, str(dies_after), str(block_s)], capture_output=True,
+                          text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip(), done.stderr.strip()) == expected, done.stderr[-3000:]
+    assert time.monotonic() - start < 10, "ended within a few watch periods, not after the block"

@@ -7,19 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from nas.config import (
-    MAX_DEPTH,
-    MAX_FILE_BYTES,
-    Objective,
-    RunConfig,
-    load_json,
-    load_yaml,
-    merge_run_config,
-    parse,
-    parse_yaml,
-    read_bounded,
-)
+from nas.config import Objective, RunConfig, merge_run_config, parse
 from nas.errors import UserError
+from nas.files import MAX_DEPTH, MAX_FILE_BYTES, load_json, load_yaml, parse_yaml, read_bounded
 
 
 def _one_line(err: pytest.ExceptionInfo, limit: int = 300) -> str:
@@ -172,6 +162,36 @@ def test_json_limits_are_parameters() -> None:
     ({"objective.max_latency_ms": math.inf}, ["--max-latency-ms (objective.max_latency_ms)", "finite"]),
     ({"evaluator_config.epochs": 0}, ["--epochs (evaluator_config.epochs)", "(0, 10000]"]),
     ({"evaluator_config.lr": math.nan}, ["evaluator_config.lr", "finite"]),
+    # Ray counts CPUs in steps of 0.0001: a finer share is refused, not rounded to nothing
+    ({"cpus_per_trial": 0.00001}, ["--cpus-per-trial (cpus_per_trial)", "[0.01, 1024], a multiple of 0.0001",
+                                   "got 1e-05"]),
+    ({"cpus_per_trial": 0.12345}, ["--cpus-per-trial", "multiple of 0.0001", "got 0.12345"]),
+    ({"cpus_per_trial": 0.009}, ["--cpus-per-trial", "greater than or equal to 0.01"]),
+    ({"cpus_per_trial": 1025.0}, ["--cpus-per-trial", "less than or equal to 1024"]),
+    ({"strategy_config.population_size": 10_001}, ["--population-size (strategy_config.population_size)",
+                                                   "[2, 10000]", "got 10001"]),
+    ({"strategy_config.population_size": 1}, ["--population-size", "[2, 10000]", "got 1"]),
+    ({"strategy_config.sample_size": 0}, ["--sample-size (strategy_config.sample_size)", "[1, 10000]", "got 0"]),
+    ({"strategy_config.sample_size": 51}, ["--sample-size", "at most population_size (50)", "got 51"]),
+    ({"strategy_config.population_size": 8, "strategy_config.sample_size": 9}, ["--sample-size",
+                                                                                "population_size (8)", "got 9"]),
+    ({"strategy_config.population_size": "many"}, ["--population-size", "integer", "'many'"]),
+    ({"strategy_config.tournament": 3}, ["unknown key 'strategy_config.tournament'",
+                                         "allowed keys: population_size, sample_size"]),
+    ({"strategy": "random", "strategy_config.population_size": 8},
+     ["unknown key '--population-size (strategy_config.population_size)'", "the random strategy takes no options"]),
+    ({"evaluator": "lut", "evaluator_config.epochs": 3},
+     ["unknown key '--epochs (evaluator_config.epochs)'", "the lut evaluator takes no options"]),
+    ({"evaluator_config.data": "imagenet"}, ["--data (evaluator_config.data)", "allowed: cifar10, digits",
+                                            "got 'imagenet'"]),
+    ({"evaluator_config.data_dir": "/data/cifar"},
+     ["--data-dir (evaluator_config.data_dir)", "'digits' takes no data dir", "take one: cifar10", "'/data/cifar'"]),
+    ({"evaluator_config.data": "digits", "evaluator_config.data_dir": "x"}, ["--data-dir", "'digits'"]),
+    ({"hardware": ""}, ["--hardware (hardware)", "an empty path", "device id or a latency table file"]),
+    ({"hardware": "t" * 130_000}, ["--hardware", "130,000 characters", "4,095 bytes", "(130000 chars)"]),
+    ({"hardware": "d/" + "t" * 256}, ["--hardware", "component of 256 bytes", "limit is 255"]),
+    ({"evaluator_config.data": "cifar10", "evaluator_config.data_dir": ""}, ["--data-dir", "an empty path"]),
+    ({"evaluator_config.data": "cifar10", "evaluator_config.data_dir": "c" * 5000}, ["--data-dir", "5,000"]),
 ])
 def test_run_config_bounds_name_the_flag(flags: dict, needles: list[str]) -> None:
     with pytest.raises(UserError) as err:
@@ -203,14 +223,55 @@ def test_bounds_in_a_config_file_name_the_file(tmp_path: Path) -> None:
 
 def test_relative_data_dir_is_stored_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    run = merge_run_config(None, {"evaluator_config.data_dir": Path("data/cifar"), "evaluator_config.epochs": 3})
-    assert run.evaluator_config == {"data_dir": str(tmp_path.resolve() / "data" / "cifar"), "epochs": 3}
+    run = merge_run_config(None, {"evaluator_config.data": "cifar10", "evaluator_config.data_dir": Path("data/cifar"),
+                                  "evaluator_config.epochs": 3})
+    assert run.evaluator_config == {"data": "cifar10", "data_dir": str(tmp_path.resolve() / "data" / "cifar"),
+                                    "epochs": 3}
     assert run.model_dump(mode="json")["evaluator_config"]["data_dir"] == str(tmp_path.resolve() / "data/cifar")
 
 
 def test_good_run_config_passes() -> None:
     run = merge_run_config(None, {"seed": 2**32 - 1, "space_config.width_mult": 0.5, "trials": 10_000_000})
     assert (run.seed, run.space_config, run.trials) == (2**32 - 1, {"width_mult": 0.5}, 10_000_000)
+
+
+@pytest.mark.parametrize("cpus", [0.01, 0.3, 0.1234, 1.0, 2.5, 1023.9999, 1024.0])
+def test_cpus_per_trial_that_ray_can_reserve_pass(cpus: float) -> None:
+    assert merge_run_config(None, {"cpus_per_trial": cpus}).cpus_per_trial == cpus
+
+
+@pytest.mark.parametrize(("flags", "stored"), [
+    ({"strategy_config.population_size": 10_000, "strategy_config.sample_size": 10_000},
+     {"population_size": 10_000, "sample_size": 10_000}),
+    ({"strategy_config.population_size": 2, "strategy_config.sample_size": 1},
+     {"population_size": 2, "sample_size": 1}),
+    ({"strategy": "random"}, {}),
+])
+def test_strategy_configs_at_their_bounds_pass(flags: dict, stored: dict) -> None:
+    assert merge_run_config(None, flags).strategy_config == stored  # the overrides only: defaults stay in the YAML
+
+
+def test_a_strategy_key_in_a_config_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("strategy: random\nstrategy_config:\n  sample_size: 3\n")
+    with pytest.raises(UserError, match=f"^{path}: unknown key '--sample-size .*the random strategy takes no options$"):
+        merge_run_config(path, {})
+    path.write_text("strategy_config: [1, 2]\n")
+    with pytest.raises(UserError, match="strategy_config: Input should be a valid dictionary"):
+        merge_run_config(path, {})
+
+
+def test_every_numeric_run_config_key_has_an_upper_bound() -> None:
+    """The class behind the bounds above: a new number without a range fails here."""
+    from nas.config import describe_bounds
+    from nas.evaluate.evaluators import TrainConfig
+    from nas.strategies.evolution import EvolutionConfig
+
+    for model in (RunConfig, Objective, TrainConfig, EvolutionConfig):
+        for name, field in model.model_fields.items():
+            if field.annotation in (int, float, int | None, float | None):
+                bounds = describe_bounds(model, name)
+                assert bounds and not bounds.split(",")[1].strip().startswith("inf"), (model.__name__, name, bounds)
 
 
 def test_flag_into_a_non_mapping_section(tmp_path: Path) -> None:
@@ -227,3 +288,43 @@ def test_huge_value_is_echoed_short() -> None:
     with pytest.raises(UserError) as err:
         parse(Objective, {"mode": "m" * 10_000_000}, "run.yaml")
     assert "(10000000 chars)" in _one_line(err)
+
+
+# -- paths --------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("text", "needle"), [
+    ("", "an empty path"),
+    ("a\0b", "NUL byte"),
+    ("p" * 4096, "4,096 characters"),
+    ("p" * 4095, "once absolute"),  # short enough alone, too long once the working directory is prefixed
+    ("dir/" + "n" * 256 + "/f", "component of 256 bytes"),
+    ("é" * 128, "component of 256 bytes"),  # bytes, not characters, count: é is two in UTF-8
+    ("\ud800", "not valid text"),
+])
+def test_path_problem(text: str, needle: str) -> None:
+    from nas.limits import path_problem
+
+    problem = path_problem(text)
+    assert problem is not None and needle in problem and len(problem) < 200, problem
+
+
+def test_paths_within_the_limits_pass(tmp_path: Path) -> None:
+    from nas.limits import check_path, path_problem
+
+    assert path_problem("n" * 255) is None and path_problem("runs/demo") is None and path_problem("/") is None
+    assert check_path(None, "--out") is None and check_path("a/b", "--out") == Path("a/b")
+    with pytest.raises(UserError, match=r"^--run-dir: a path of 10,000 characters .*got 'xxx.*…' \(10000 chars\)$"):
+        check_path("x" * 10_000, "--run-dir")
+
+
+@pytest.mark.parametrize(("value", "low", "high", "needle"), [
+    (0, 1, 8, "got 0"), (9, 1, 8, "got 9"), (True, 1, 8, "got True"), (1.5, 1, 8, "an integer"),
+    (math.nan, 0.5, 2.0, "got nan"), (math.inf, 0.5, 2.0, "got inf"), ("3", 1, 8, "got '3'"),
+])
+def test_check_range(value: object, low: float, high: float, needle: str) -> None:
+    from nas.limits import check_range
+
+    with pytest.raises(UserError, match=rf"^--flag: must be an? .* in \[{low}, {high}\]") as err:
+        check_range("--flag", value, low, high)
+    assert needle in _one_line(err)
+    check_range("--flag", high, low, high)

@@ -4,6 +4,7 @@ change nothing at the destination."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import subprocess
@@ -231,3 +232,95 @@ def test_killed_export_leaves_no_partial_file_and_the_next_run_cleans_up(arch: A
     assert sorted(p.name for p in out.iterdir()) == [f"{stem}.json", f"{stem}.pt"]
     assert Arch.from_json((out / f"{stem}.json").read_text()) == arch
     assert torch.load(out / f"{stem}.pt", weights_only=True)["arch"] == arch.to_json()
+
+
+# -- the arch of a run dir: every way best.json can be unusable is one line that says what to do ------------
+
+def _run_dir(tmp_path: Path, best: str | None, *others: str) -> Path:
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in others:
+        (run / name).write_text("{}\n")
+    if best is not None:
+        (run / "best.json").write_text(best)
+    return run
+
+
+def _record(arch: Arch) -> dict:
+    return {"arch": arch.to_dict(), "hash": arch.hash, "metrics": {}, "feasible": True, "violations": {}}
+
+
+@pytest.mark.parametrize("rank", [1, 0, 3])
+def test_an_empty_best_json_says_the_run_has_no_ranked_archs(tmp_path: Path, rank: int) -> None:
+    run = _run_dir(tmp_path, "[]\n", "trials.jsonl")
+    with pytest.raises(UserError) as err:
+        export_module.pick_arch(run, rank, None, None)
+    message = str(err.value)
+    assert "no ranked archs yet" in message and "between 1 and 0" not in message, message
+    assert str(run) in message and "--arch or --preset" in message and "\n" not in message, message
+
+
+def test_a_run_dir_without_best_json_says_whether_the_search_is_unfinished(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="is not a directory"):
+        export_module.pick_arch(tmp_path / "nowhere", 1, None, None)
+    run = _run_dir(tmp_path, None)
+    with pytest.raises(UserError, match=r"best.json not found; is .* the run dir of a finished search"):
+        export_module.pick_arch(run, 1, None, None)
+    (run / "trials.jsonl").write_text('{"trial": 0}\n')
+    with pytest.raises(UserError, match=r"has not finished .* resume it with the same `nas search` command"):
+        export_module.pick_arch(run, 1, None, None)
+
+
+@pytest.mark.parametrize(("best", "needle"), [
+    ("", "damaged"),
+    ('[{"arch": ', "damaged"),
+    ('{"arch": 1}', "damaged"),
+    ("[1, 2]", "damaged"),
+    ('[{"arch": 1}]', "damaged at rank 1"),
+    ('[{"arch": {"space": "proxylessnas", "choices": 5, "config": {}}}]', "damaged at rank 1"),
+    ("\x00\xff" * 10, "damaged"),
+    ("[" + " " * (5 * 2**20) + "]", "damaged"),  # over the size limit for input files
+], ids=["empty-file", "cut", "object", "numbers", "arch-number", "arch-choices", "binary", "huge"])
+def test_a_damaged_best_json_is_one_line(tmp_path: Path, best: str, needle: str) -> None:
+    run = _run_dir(tmp_path, best)
+    with pytest.raises(UserError) as err:
+        export_module.pick_arch(run, 1, None, None)
+    message = str(err.value)
+    assert needle in message and str(run / "best.json") in message, message
+    assert "\n" not in message and len(message) < 600, message
+
+
+def test_a_best_json_that_is_no_file_is_one_line(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, None)
+    (run / "best.json").mkdir()
+    with pytest.raises(UserError, match="is a directory"):
+        export_module.pick_arch(run, 1, None, None)
+    (run / "best.json").rmdir()
+    (run / "best.json").symlink_to(run / "gone.json")
+    with pytest.raises(UserError, match=r"cannot read .*best.json \(No such file"):
+        export_module.pick_arch(run, 1, None, None)
+
+
+def test_the_rank_picks_a_record_and_is_checked(arch: Arch, tmp_path: Path) -> None:
+    first = next(iter(arch.choices))
+    other = arch.replace(**{first: next(c for c in _choices(arch, first) if c != arch.choices[first])})
+    assert other != arch
+    run = _run_dir(tmp_path, json.dumps([_record(arch), _record(other)]))
+    assert export_module.pick_arch(run, 2, None, None) == other
+    assert export_module.pick_arch(run, 1, None, None) == arch
+    with pytest.raises(UserError, match=r"--rank must be between 1 and 2 .*; got 3"):
+        export_module.pick_arch(run, 3, None, None)
+
+
+def test_the_cli_prints_the_empty_run_in_one_line(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, "[]", "trials.jsonl")
+    proc = subprocess.run([sys.executable, "-m", "nas.cli", "export", "--run-dir", str(run), "--rank", "1", "--out",
+                           str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "no ranked archs yet" in lines[0] and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _choices(arch: Arch, decision: str) -> tuple:
+    return next(d.choices for d in space_of(arch).decisions() if d.name == decision)

@@ -17,8 +17,11 @@ from nas.run_dir import DiskFullError, RunDir, arch_hash, remove_stale_temps, wr
 
 
 def _record(trial: int) -> dict:
+    """A trial line as `Search.record` writes it (the arch need not be of a real space here)."""
     arch = {"space": "proxylessnas", "choices": {"d": trial}, "config": {}}
-    return {"trial": trial, "arch": arch, "hash": arch_hash(arch), "metrics": {"macs": trial}, "status": "ok"}
+    return {"trial": trial, "arch": arch, "hash": arch_hash(arch), "metrics": {"macs": trial}, "status": "ok",
+            "score": float(trial), "feasible": True, "node": "n", "host": "h", "pid": 1,
+            "finished_at": "2026-01-01T00:00:00+00:00"}
 
 
 @pytest.fixture
@@ -125,11 +128,11 @@ def test_torn_last_line_is_ignored_then_cut_by_the_next_append(tmp_path: Path) -
 
 
 @pytest.mark.parametrize(("damage", "needle"), [
-    (lambda lines: lines[:1] + lines[2:], "has trial number 2, expected 1"),
-    (lambda lines: lines[:1] + ["not json"] + lines[2:], "line 2 is not JSON"),
+    (lambda lines: lines[:1] + lines[2:], "line 2: trial number 2, expected 1"),
+    (lambda lines: lines[:1] + ["not json"] + lines[2:], "line 2 is not valid JSON"),
     (lambda lines: lines[:1] + [lines[1].replace('"d":1', '"d":7')] + lines[2:], "does not match its hash"),
     (lambda lines: lines[:1] + ['{"trial": 1}'] + lines[2:], "not a trial record"),
-    (lambda lines: ["[" * 100_000] + lines[1:], "line 1 is not JSON"),
+    (lambda lines: ["[" * 100_000] + lines[1:], "line 1: JSON nested deeper than 50 levels"),
 ])
 def test_a_damaged_log_is_refused_naming_the_line(tmp_path: Path, damage, needle: str) -> None:
     with RunDir(tmp_path) as rd:

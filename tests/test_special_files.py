@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nas.config import load_yaml
 from nas.errors import UserError
+from nas.files import load_yaml
 from nas.hardware.table import LatencyTable
 from nas.run_dir import RunDir
 

@@ -115,3 +115,67 @@ def test_the_searcher_waits_for_archs_in_flight_before_it_finishes(lut_path: Pat
         searcher.on_trial_complete("t3", _ok(search, searcher.live["t3"]))
         assert searcher.suggest("t4") == Searcher.FINISHED
         assert len(rd.read_trials()) == 5
+
+
+def test_a_nan_metric_is_stored_as_null_and_the_log_resumes(lut_path: Path, tmp_path: Path) -> None:
+    """A diverged training reports train_loss NaN: the line stores null (NaN is not JSON) and reads back."""
+    plan = _plan(lut_path)
+    with RunDir(tmp_path) as rd:
+        search = Search(plan, rd)
+        search.start()
+        archs = search.next_batch()
+        outcome = _ok(search, archs)
+        for result in outcome["results"]:
+            result["metrics"]["train_loss"] = float("nan")
+        outcome["results"][0]["metrics"]["eval_seconds"] = float("inf")
+        search.record(archs, outcome)
+        assert search.stop_error is None
+    with RunDir(tmp_path) as rd:
+        records = Search(plan, rd).records
+    assert [r["status"] for r in records] == ["ok"] * 5
+    assert all(r["metrics"]["train_loss"] is None for r in records) and records[0]["metrics"]["eval_seconds"] is None
+
+
+@pytest.mark.parametrize(("metrics", "needle"), [
+    ({"macs": "abc"}, "metrics.macs is 'abc'"),
+    ({"macs": True}, "metrics.macs is True"),
+    ({"macs": None}, "metrics.macs is null"),
+    ({"macs": float("nan")}, "metrics.macs is null"),
+    ({"macs": -5}, "metrics.macs is -5"),
+    ({"accuracy": 1.5}, "metrics.accuracy is 1.5"),
+    ({"latency_ms": [1]}, "metrics.latency_ms is [1]"),
+])
+def test_metrics_a_search_cannot_record_fail_the_arch(lut_path: Path, tmp_path: Path, metrics: dict,
+                                                      needle: str) -> None:
+    """An evaluator's bad metrics count as a failed evaluation (retried, then recorded as failed with the reason),
+    never a line the reader would refuse nor a crash of the search."""
+    plan = _plan(lut_path)
+    with RunDir(tmp_path) as rd:
+        search = Search(plan, rd)
+        search.start()
+        archs = search.next_batch()
+        outcome = _ok(search, archs)
+        outcome["results"][0]["metrics"].update(metrics)
+        search.record(archs, outcome)
+        for _ in range(2):
+            retry = search.next_batch()
+            assert retry == archs[:1]
+            bad = _ok(search, retry)
+            bad["results"][0]["metrics"].update(metrics)
+            search.record(retry, bad)
+        assert search.stop_error is None
+    with RunDir(tmp_path) as rd:
+        records = Search(plan, rd).records
+    failed = [r for r in records if r["status"] == "failed"]
+    assert len(records) == 5 and len(failed) == 1 and needle in failed[0]["error"], failed
+
+
+def test_a_long_error_is_cut_to_fit_its_line(lut_path: Path, tmp_path: Path) -> None:
+    plan = _plan(lut_path)
+    with RunDir(tmp_path) as rd:
+        search = Search(plan, rd, failure_limit=1)
+        search.start()
+        archs = search.next_batch()
+        search.record(archs, {"results": [{"error": "E" * 5000}] * len(archs), **_WHERE})
+    with RunDir(tmp_path) as rd:
+        assert [len(r["error"]) for r in Search(plan, rd).records] == [500] * 5

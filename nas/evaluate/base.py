@@ -33,6 +33,8 @@ class EvaluatorSpec(Frozen):
     evaluator: str
     config: dict[str, Any] = Field(default_factory=dict)
     table: str | None = None
+    table_sha256: str | None = None
+    """sha256 of the table file the driver checked: a worker refuses a file changed since."""
 
 
 class Evaluator(ABC):
@@ -44,6 +46,7 @@ class Evaluator(ABC):
         archs_per_trial: archs scored by one trial by default (many for cheap evaluators,
             since one Ray Tune trial costs about a second to schedule).
         needs_table: whether a latency table is required.
+        table_metrics: the metrics measured only when a latency table is given.
     """
 
     config_model: ClassVar[type[EvaluatorConfig]] = EvaluatorConfig
@@ -51,6 +54,8 @@ class Evaluator(ABC):
     default_metric: ClassVar[str]
     archs_per_trial: ClassVar[int] = 1
     needs_table: ClassVar[bool] = False
+    table_metrics: ClassVar[tuple[str, ...]] = ("latency_ms",)
+    """Metrics measured only with a latency table (`cost_metrics` prices latency from one)."""
 
     def __init__(self, space: SearchSpace, config: EvaluatorConfig, table: Any | None) -> None:
         if self.needs_table and table is None:
@@ -88,4 +93,7 @@ def build_evaluator(spec: EvaluatorSpec) -> Evaluator:
     config = parse(cls.config_model, spec.config, f"evaluator {spec.evaluator} config")
     space = load_space(spec.space, spec.space_config)
     table = LatencyTable.load(spec.table) if spec.table else None
+    if table is not None and spec.table_sha256 is not None and table.sha256 != spec.table_sha256:
+        raise UserError(f"latency table {spec.table} changed since the search started (sha256 {table.sha256[:12]}, "
+                        f"was {spec.table_sha256[:12]}); re-run the same command to price with one table")
     return cls(space, config, table)

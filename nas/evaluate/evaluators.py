@@ -9,17 +9,19 @@ evaluator config into what is stored and sent to workers (paths made absolute).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator
 
 from nas.arch import Arch
 from nas.config import SEED_LIMIT, parse
 from nas.errors import UserError, shorten
 from nas.evaluate.base import Evaluator, EvaluatorConfig
+from nas.limits import path_problem
 from nas.registry import EVALUATORS
 
 if TYPE_CHECKING:
@@ -43,7 +45,9 @@ class LutEvaluator(Evaluator):
 class TrainConfig(EvaluatorConfig):
     """Short-training settings: a proxy of the final accuracy, not a full training.
 
-    `data_dir` is made absolute when validated: the evaluator may be built in a Ray worker
+    `data` is one of `nas.evaluate.data.DATASETS`; `data_dir` is given exactly for the data sets
+    read from disk (`DATA_DIR_DATASETS`: cifar10; digits ships with scikit-learn), is bounded like
+    every path, and is made absolute when validated: the evaluator may be built in a Ray worker
     that runs in another working directory.
     """
 
@@ -56,6 +60,31 @@ class TrainConfig(EvaluatorConfig):
     lr: float = Field(default=0.05, gt=0, le=100)
     seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
     threads: int = Field(default=1, gt=0, le=1024)
+
+    @field_validator("data")
+    @classmethod
+    def _known(cls, data: str) -> str:
+        from nas.evaluate.data import DATASETS
+
+        if data not in DATASETS:
+            raise ValueError(f"unknown data set; allowed: {', '.join(DATASETS)}")
+        return data
+
+    @field_validator("data_dir", mode="before")
+    @classmethod
+    def _bounded(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        problem = path_problem(os.fspath(value)) if isinstance(value, str | Path) else None
+        if problem is not None:
+            raise ValueError(problem)
+        from nas.evaluate.data import DATA_DIR_DATASETS
+
+        data = info.data.get("data")  # absent when it failed its own check
+        if data is not None and data not in DATA_DIR_DATASETS:
+            raise ValueError(f"data set {data!r} takes no data dir (it ships with scikit-learn); data sets that "
+                             f"take one: {', '.join(DATA_DIR_DATASETS)}; drop the data dir or choose one of those")
+        return value
 
     @field_validator("data_dir")
     @classmethod
@@ -83,7 +112,8 @@ def normalize_evaluator_config(
     cls = EVALUATORS.get(name)
     if not isinstance(config, Mapping):
         raise UserError(f"{where or name}: evaluator_config must be a mapping of keys; got {shorten(config)}")
-    checked = parse(cls.config_model, dict(config), where or f"evaluator {name} config", prefix=prefix, flags=flags)
+    checked = parse(cls.config_model, dict(config), where or f"evaluator {name} config", prefix=prefix, flags=flags,
+                    owner=f"the {name} evaluator")
     return checked.model_dump(mode="json", exclude_unset=True)
 
 

@@ -4,8 +4,9 @@ Importing this package registers the timers (`cpu`, `cuda`, `onnxruntime`, `onnx
 in `TIMERS`. The module `profile` keeps its name (its main function is `nas.hardware.profile.profile`).
 """
 
-from nas.hardware import fit, profile, protocol, rescale, schema, store, table, timers
+from nas.hardware import fit, onnx_timers, profile, protocol, rescale, schema, store, table, timers
 from nas.hardware.fit import fit_none, fit_positive, fit_ridge
+from nas.hardware.onnx_timers import OnnxRuntimeTimer
 from nas.hardware.profile import missed_criteria, refit, validate
 from nas.hardware.rescale import host_scale, scale_warning
 from nas.hardware.store import (
@@ -17,7 +18,7 @@ from nas.hardware.store import (
     user_profiles_dir,
 )
 from nas.hardware.table import LatencyTable
-from nas.hardware.timers import CpuTimer, CudaTimer, OnnxRuntimeTimer, Timer, Timing
+from nas.hardware.timers import CpuTimer, CudaTimer, Timer, Timing
 
 __all__ = [
     "CpuTimer",
@@ -40,6 +41,7 @@ __all__ = [
     "resolve_table",
     "scale_warning",
     "schema",
+    "onnx_timers",
     "store",
     "table",
     "table_identity",

@@ -11,9 +11,9 @@ count alike):
    t ~ c + sum_k (s * p_k + beta * w_k + gamma * m_k). Isolation hides what a unit
    costs inside a network: in isolation its weights stay in L1/L2, in a network they
    come from the last-level cache, so the weight term carries the cost of reading
-   them. The intercept may be negative (see `_fit_stage1`). On ONNX Runtime at 32x32,
-   where a network reads 8-13 MB of weights in half a millisecond, this stage alone
-   took the cross-validated error from 7.5% (intercept and scale) to 2.8%;
+   them. The intercept may be negative (see `_fit_stage1`). Where a network reads
+   megabytes of weights in under a millisecond (ONNX Runtime at 32x32) this stage does most
+   of the work (figures: `benchmarks/lut_accuracy.json`);
 2. one relative deviation `z_k >= -1` per key, ridge-penalised toward 0, on the
    residuals: x_k = base_k * (1 + z_k), so a key seen in no fit arch keeps its
    stage-1 cost. The ridge weight is chosen by 5-fold cross-validation on
@@ -122,7 +122,9 @@ def fit_positive(space: SearchSpace, floor_ms: float | None = None,
         if high is None:
             raise NasError(f"fit_positive: the cheapest {space.name} arch is still predicted below {floor:.4g} ms "
                            f"with the intercept at least {low:.4g} ms")
-        while high - low > 0.01 * floor:
+        for _ in range(_MAX_STEPS):  # bisection halves the gap: 30 steps reach 1e-9 of the first step
+            if high - low <= 0.01 * floor:
+                break
             candidate = fit(entries, rows, min_intercept=(low + high) / 2)
             if lower_bound(candidate, space) >= floor:
                 high, fitted = (low + high) / 2, candidate

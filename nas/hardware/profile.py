@@ -37,6 +37,7 @@ from nas.hardware.schema import Correction, Entry, Figures, Metadata, Report, Ta
 from nas.hardware.store import write_table
 from nas.hardware.table import LatencyTable
 from nas.hardware.timers import Reference, Timer
+from nas.limits import MAX_N_VALIDATE, SEED_LIMIT, check_range
 
 if TYPE_CHECKING:
     from nas.arch import Arch
@@ -78,7 +79,8 @@ def profile(
     """
     if batch is not None and batch != timer.batch:
         raise NasError(f"profile at batch {batch} with a timer built for batch {timer.batch}")
-    _check_n_validate(n_validate)
+    _check_n_validate(n_validate, space, n_fit)
+    check_range("--seed", seed, 0, SEED_LIMIT - 1)
     started = time.perf_counter()
     keys = space.all_latency_keys()
     entries = {}
@@ -128,7 +130,7 @@ def validate(
     target = out_path if out_path is not None else table.path
     if target is None:
         raise NasError("validate: a table built in memory needs out_path")
-    _check_n_validate(n)
+    _check_n_validate(n, space, 0)
     table.check_matches(space, timer.batch)
     if timer.device_id != table.metadata.device_id:
         raise UserError(f"{table.source}: table was measured on {table.metadata.device_id}, this timer is "
@@ -219,9 +221,14 @@ def _validation(
     return report
 
 
-def _check_n_validate(n: int) -> None:
+def _check_n_validate(n: int, space: SearchSpace, n_fit: int) -> None:
+    """Refuse an `n` out of range, or more archs than the space has, before anything is timed."""
     if n < 2:
         raise UserError(f"--n-validate must be at least 2 (a rank correlation needs two archs); got {n}")
+    check_range("--n-validate", n, 2, MAX_N_VALIDATE)
+    if n + n_fit > space.size():
+        raise UserError(f"--n-validate {n}: {space.name} has only {space.size()} archs, and {n_fit} more are "
+                        f"the fit set; allowed: at most {max(space.size() - n_fit, 0)}")
 
 
 def _figures(predicted: np.ndarray, measured: np.ndarray) -> Figures:

@@ -14,8 +14,8 @@ reference's `ms`, its fastest block over a calibration run at first use (`calibr
 latencies thus read as ms at the machine's best observed speed. The default reference is
 a small MBConv-like block (`reference_module`), right for single units; whole networks are
 better compared with a fixed network of the same space (`Timer.network_reference`, which
-`nas.hardware.profile` uses for end-to-end timings: at 32x32 on ONNX Runtime it cut the
-drift of a network's timing over 90 s from 15-20% to 2-4%). Without a reference the
+`nas.hardware.profile` uses for end-to-end timings, since it follows the drift of a
+shared machine far better). Without a reference the
 latency is the median per-call block mean. A module slower than a block gets at most
 `budget_ms` of timed calls and reference blocks (at least 11 blocks). glibc malloc is set
 to keep freed memory (`steady_allocator`), so large feature maps do not page-fault on
@@ -92,9 +92,9 @@ def steady_allocator() -> str:
 
     By default, glibc serves blocks above a dynamic threshold (128 KiB at first) with fresh
     `mmap`s and trims the heap on free, so the feature maps of a 224x224 network page-fault
-    on every call, and how often depends on the allocation history of the process: the same
-    network re-timed a minute later differed by 3-5%. With large blocks kept on the heap
-    (threshold 32 MiB, glibc's maximum, no trimming) repeated timings agree to about 1%, and
+    on every call, and how often depends on the allocation history of the process, so the
+    same network re-timed a minute later differs. With large blocks kept on the heap
+    (threshold 32 MiB, glibc's maximum, no trimming) repeated timings agree closely, and
     latencies read as the steady state a serving process reaches. Applies to the whole
     process; returns what was set, for the table's protocol.
     """

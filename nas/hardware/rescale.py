@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nas.errors import NasError, UserError
-from nas.hardware.schema import Rescale
+from nas.hardware.schema import SCALE, Rescale
 from nas.hardware.store import command_for, table_scale
 from nas.hardware.table import LatencyTable
 
@@ -75,9 +75,14 @@ def rescale(table: LatencyTable, seconds: float = 3.0) -> tuple[LatencyTable, fl
     if table.path is None or table.sha256 is None:
         raise NasError("rescale: the table was built in memory; load it from its file first")
     measured, stored = _time_reference(table, seconds)
-    factor = measured / stored
+    factor = measured / stored  # stored > 0: a table's numbers are checked in range when it is loaded
     meta, before = table.metadata, table.metadata.rescaled
-    record = Rescale(scale=table_scale(table) * factor, measured_ms=measured, stored_ms=stored,
+    scale = table_scale(table) * factor
+    if not SCALE.allows(scale):
+        raise UserError(f"{table.source}: this host runs its reference network in {measured:.4g} ms, the table "
+                        f"says {stored:.4g} ms: a rescale by {scale:.4g} is out of range ({SCALE.describe()}), so "
+                        f"this host is not of the table's kind; profile it here with `{command_for(meta)}`")
+    record = Rescale(scale=scale, measured_ms=measured, stored_ms=stored,
                      source=before.source if before else str(table.path),
                      source_sha256=before.source_sha256 if before else table.sha256,
                      source_device_id=before.source_device_id if before else meta.device_id,

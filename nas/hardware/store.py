@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,6 +78,10 @@ def find_table(device_id: str, space: SearchSpace) -> Path | None:
     return None
 
 
+class TableNotFound(UserError):
+    """No table file where one was looked for (a table that exists but is damaged is a plain `UserError`)."""
+
+
 def resolve_table(
     hardware: str | None, space: SearchSpace, batch: int, backend: str = "cpu", threads: int = 1
 ) -> LatencyTable:
@@ -89,7 +94,7 @@ def resolve_table(
     if hardware is not None and (hardware.endswith((".yaml", ".yml")) or os.sep in hardware):
         path = Path(hardware)
         if not path.is_file():
-            raise UserError(f"latency table {path} not found; make it with "
+            raise TableNotFound(f"latency table {path} not found; make it with "
                             f"`{profile_command(space, backend, batch, threads)}`")
         return LatencyTable.load(path, space, batch)
     device = dict(device=backend, threads=threads, batch=batch, dtype="fp32")
@@ -101,7 +106,7 @@ def resolve_table(
     if path is None:
         known = sorted({p.name for root in search_dirs() if root.is_dir() for p in root.iterdir() if p.is_dir()})
         looked = " and ".join(str(table_path(hardware, space, root)) for root in search_dirs())
-        raise UserError(f"no latency table for device {hardware!r}: looked for {looked}; make it with "
+        raise TableNotFound(f"no latency table for device {hardware!r}: looked for {looked}; make it with "
                         f"`{profile_command(space, **device)}` (profiled devices: {', '.join(known) or 'none'})")
     return LatencyTable.load(path, space, batch)
 
@@ -274,11 +279,18 @@ def remove_stale(path: Path) -> list[Path]:
 
 def _keep_elsewhere(table: LatencyTable, path: Path) -> str:
     """Save `table` under the system temp directory; says where, or that it could not."""
+    from nas.run_dir import DiskFullError
+
+    folder = None
     try:
-        spare = Path(tempfile.mkdtemp(prefix="nas-unsaved-")) / path.name
+        folder = Path(tempfile.mkdtemp(prefix="nas-unsaved-"))
+        spare = folder / path.name
         table.save(spare)
-    except OSError as err:
-        return f"saving the measured table to {tempfile.gettempdir()} failed too ({err.strerror or err}): it is lost"
+    except (OSError, DiskFullError) as err:  # the temp dir is often on the same full disk
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else "the disk is full"
+        return f"saving the measured table to {tempfile.gettempdir()} failed too ({reason}): it is lost"
     return f"the measured table was saved to {spare}: free space, then move it to {path}"
 
 
@@ -299,6 +311,7 @@ def _unflagged_diff(config: dict[str, Any], base: dict[str, Any]) -> list[str]:
 
 __all__ = [
     "ENV_DIR",
+    "TableNotFound",
     "command_for",
     "default_device_id",
     "find_table",

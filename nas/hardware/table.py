@@ -10,16 +10,17 @@ arch's keys (the plain isolated means when there is no correction): dict look-up
 only, so it is cheap enough to call inside a search loop. Files are written to a
 temp file in the same directory and `os.replace`d, so a table is never half-written.
 
-A table is checked when it is built or loaded: every number must be finite, and once the
-table is bound to its space (`load(path, space)`, or the first `predict`) the cheapest arch
-must be predicted to take a positive time (`lower_bound`). A table failing either is a
-`UserError` naming the file, the field, the value and the fix, before any search uses it.
+A table is checked when it is built or loaded: every number must be of its field's type and
+in its range (`nas.hardware.schema.RULES`: finite, reference timings positive, counts at least
+one, ...), and once the table is bound to its space (`load(path, space)`, or the first
+`predict`) the cheapest arch must be predicted to take a positive time (`lower_bound`). A
+table failing either is a `UserError` naming the file, the field's key path, the value (cut
+short), the allowed range and the fix, before any search uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ import yaml
 
 from nas.config import parse
 from nas.errors import UserError
-from nas.hardware.schema import Correction, Entry, Figures, Metadata, Report, Rescale, TableFile
+from nas.hardware.schema import Correction, Entry, Figures, Metadata, Report, Rescale, TableFile, find_bad_number
 
 if TYPE_CHECKING:
     import numpy as np
@@ -42,7 +43,7 @@ class LatencyTable:
     """A latency lookup table, optionally bound to its space (`load(path, space)`).
 
     Args:
-        data: the parsed table; every number must be finite.
+        data: the parsed table; every number must be in its range (`nas.hardware.schema.RULES`).
         source: where it came from, for messages (a path or `<memory>`).
         space: the space whose archs it prices (checked, with a positive `lower_bound`); when
             absent, `predict` loads it by name.
@@ -52,7 +53,7 @@ class LatencyTable:
 
     def __init__(self, data: TableFile, source: str = "<memory>", space: SearchSpace | None = None, *,
                  path: Path | None = None, sha256: str | None = None) -> None:
-        _check_finite(data.model_dump(), source, data.metadata)
+        _check_numbers(data.model_dump(), source, data.metadata)
         if data.correction is not None and set(data.correction.entries) != set(data.entries):
             extra = sorted(set(data.correction.entries) ^ set(data.entries))
             raise UserError(f"{source}: correction keys differ from entry keys ({len(extra)} differ, "
@@ -77,15 +78,15 @@ class LatencyTable:
     def load(cls, path: str | Path, space: SearchSpace | None = None, batch: int | None = None) -> LatencyTable:
         """Read a table file, checked against `space` and `batch` when given.
 
-        A missing, corrupt, wrong-shaped or poisoned (non-finite numbers, a non-positive
-        lower bound) file is a `UserError` naming it.
+        A missing, corrupt, wrong-shaped or poisoned (a number of the wrong type or out of its
+        range, a non-positive lower bound) file is a `UserError` naming it.
         """
         path = Path(path)
         raw, data = _read_yaml(path)
         if not isinstance(data, dict):
             raise UserError(f"{path}: not a latency table (expected a mapping with metadata and entries, "
                             f"got {type(data).__name__}); re-profile it with `nas profile`")
-        _check_finite(data, str(path), None)
+        _check_numbers(data, str(path), _metadata_of(data))
         try:
             parsed = parse(TableFile, data, str(path))
         except UserError as err:
@@ -289,7 +290,7 @@ def _fix_command(meta: Metadata | None, space: SearchSpace | None = None, batch:
 
 def _read_yaml(path: Path) -> tuple[bytes, Any]:
     """The bytes of a YAML file and its parsed content; an unreadable or malformed file is a `UserError`."""
-    from nas.config import check_regular
+    from nas.files import check_regular
 
     try:
         check_regular(path, "latency table")
@@ -302,28 +303,33 @@ def _read_yaml(path: Path) -> tuple[bytes, Any]:
         text = raw.decode()
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a text file (not UTF-8); expected YAML") from None
-    from nas.config import parse_yaml
+    from nas.files import parse_yaml
 
     return raw, parse_yaml(text, str(path))  # bounded: size, depth, aliases
 
 
-def _check_finite(data: Any, source: str, meta: Metadata | None, where: str = "") -> None:
-    """Refuse NaN and infinities in a table's (plain) data, naming the first one's field path.
+def _check_numbers(data: Any, source: str, meta: Metadata | None) -> None:
+    """Refuse a table (as plain data) with a number of the wrong type, out of its range or missing.
 
-    Every number counts but the correction's `params`, a record of how it was fitted (a ridge
-    weight of `inf` means no per-key stage), which no prediction reads.
+    `meta` names the fix command, unless the bad number is in the metadata itself (a batch of 0
+    must not make the command say `--batch 0`).
     """
-    if where == "correction.params":
+    bad = find_bad_number(data)
+    if bad is None:
         return
-    if isinstance(data, float) and not math.isfinite(data):
-        raise UserError(f"{source}: {where or '(top level)'} is {data!r}; every number in a latency table must be "
-                        f"finite; re-profile it with `{_fix_command(meta)}`")
-    if isinstance(data, Mapping):
-        for key, value in data.items():
-            _check_finite(value, source, meta, f"{where}.{key}" if where else str(key))
-    elif isinstance(data, list | tuple):
-        for i, value in enumerate(data):
-            _check_finite(value, source, meta, f"{where}[{i}]")
+    if bad.path.startswith("metadata."):
+        meta = None
+    raise UserError(f"{source}: {bad.describe()}; re-profile it with `{_fix_command(meta)}`")
+
+
+def _metadata_of(data: Mapping[str, Any]) -> Metadata | None:
+    """The table's metadata when it parses on its own (for the fix command of an error), else None."""
+    from pydantic import ValidationError
+
+    try:
+        return Metadata.model_validate(data.get("metadata"))
+    except ValidationError:
+        return None
 
 
 def __getattr__(name: str) -> Any:

@@ -1,9 +1,13 @@
 """`Strategy`: the ask/tell contract every multi-trial search strategy implements.
 
-A strategy proposes archs (`ask`) and learns from their metrics (`tell`); it holds
-no loop, Ray, timer or file handle. `ask` may run many times before any `tell`, and
-tells may come in any order. Its whole state is JSON (`state_dict`), so a search
-resumes exactly: same seed and same tell history give the same asks.
+A strategy proposes archs (`ask(n)`) and learns from their metrics (`tell`); it holds no
+loop, Ray or timer. `ask` may run many times before any `tell`, and tells may come in any
+order. A strategy sees the whole metrics dict of each arch and reads it through the search's
+objective (`nas.objective`): a scalar strategy maximises `self.score(metrics)`, a Pareto one
+reads `self.values(metrics)`. Its whole state is JSON (`state_dict`), so a search resumes
+exactly: same seed and same tell history give the same asks. A strategy whose library keeps
+its own store (Optuna's journal) gets a `workdir` inside the run dir for it, and must bring
+that store back to its saved state in `load_state_dict`.
 """
 
 from __future__ import annotations
@@ -11,51 +15,19 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
+from nas import objective as objectives
 from nas.arch import Arch
 from nas.config import Frozen, Objective
-from nas.errors import NasError, UserError
+from nas.errors import NasError, UserError, shorten
 from nas.space import SearchSpace
 
-INFEASIBLE = -1e9
-"""Score offset of an arch that breaks a bound: below every feasible score."""
-
-
-_BOUNDS = (("latency_ms", "max_latency_ms"), ("params", "max_params"))
-
-
-def violations(objective: Objective, metrics: Mapping[str, float]) -> dict[str, list[float]]:
-    """The bounds `metrics` break: metric -> [value, bound] (empty when the arch is feasible)."""
-    broken = {}
-    for metric, field in _BOUNDS:
-        bound = getattr(objective, field)
-        if bound is not None and metric in metrics and float(metrics[metric]) > bound:
-            broken[metric] = [float(metrics[metric]), float(bound)]
-    return broken
-
-
-def score(objective: Objective, metrics: Mapping[str, float]) -> float:
-    """Scalar to maximise: the objective's metric (negated for `min`) if every bound holds.
-
-    An arch that breaks a bound scores `INFEASIBLE * (1 + total relative violation)`,
-    so among infeasible archs the one nearer the bounds ranks higher.
-    """
-    if objective.metric not in metrics:
-        raise UserError(
-            f"objective metric {objective.metric!r} is not measured by this evaluator; "
-            f"available: {', '.join(sorted(metrics))}"
-        )
-    violation = 0.0
-    for metric, bound in (("latency_ms", objective.max_latency_ms), ("params", objective.max_params)):
-        if bound is not None:
-            violation += max(0.0, float(metrics[metric]) / bound - 1.0)
-    if violation > 0:
-        return INFEASIBLE * (1.0 + violation)
-    value = float(metrics[objective.metric])
-    return value if objective.mode == "max" else -value
+SCALAR_KINDS = frozenset({"constrained", "weighted"})
+ALL_KINDS = frozenset({"constrained", "weighted", "pareto"})
 
 
 class StrategyConfig(Frozen):
@@ -65,37 +37,43 @@ class StrategyConfig(Frozen):
 class Strategy(ABC):
     """Base class of ask/tell strategies.
 
-    Subclasses register with `@STRATEGIES.register(name)`, set `config_model`, and
-    implement `_propose` (and `_observe`, `_state`, `_load_state` when they learn).
+    Subclasses register with `@STRATEGIES.register(name)`, set `config_model` (and `objectives`,
+    the objective kinds they take), and implement `_propose` (and `_observe`, `_state`,
+    `_load_state` when they learn; `_propose_many` when asking for several at once is cheaper).
     """
 
     config_model: ClassVar[type[StrategyConfig]] = StrategyConfig
+    objectives: ClassVar[frozenset[str]] = SCALAR_KINDS
+    """Objective kinds (`nas.objective`) the strategy can follow."""
 
-    def __init__(self, space: SearchSpace, config: StrategyConfig, objective: Objective, seed: int) -> None:
+    def __init__(self, space: SearchSpace, config: StrategyConfig, objective: Objective, seed: int,
+                 workdir: Path | None = None) -> None:
         self.space = space
         self.config = config
         self.objective = objective
+        self.seed = seed
+        self.workdir = workdir
         self.rng = np.random.default_rng(seed)
         self._pending: Counter[str] = Counter()
         self._pending_archs: dict[str, Arch] = {}
         self.n_asked = 0
         self.n_told = 0
 
-    def ask(self) -> Arch:
-        """The next arch to evaluate."""
-        arch = self._propose()
-        self._pending[arch.hash] += 1
-        self._pending_archs[arch.hash] = arch
-        self.n_asked += 1
-        return arch
+    def ask(self, n: int = 1) -> list[Arch]:
+        """The next `n` archs to evaluate (a batch: one per free worker)."""
+        archs = self._propose_many(n)
+        for arch in archs:
+            self._pending[arch.hash] += 1
+            self._pending_archs[arch.hash] = arch
+        self.n_asked += len(archs)
+        return archs
 
     def tell(self, arch: Arch, metrics: Mapping[str, float]) -> float:
-        """Report the metrics of an asked arch; returns the score it got."""
+        """Report the metrics of an asked arch; returns its scalar score (`nas.objective.score`)."""
         self._unpend(arch)
-        value = score(self.objective, metrics)
         self.n_told += 1
-        self._observe(arch, value)
-        return value
+        self._observe(arch, metrics)
+        return self.score(metrics)
 
     def forget(self, arch: Arch) -> None:
         """Drop an asked arch that will never be told: it failed, or it duplicates an arch in flight.
@@ -103,6 +81,15 @@ class Strategy(ABC):
         The strategy learns nothing from it; only the bookkeeping of pending archs changes.
         """
         self._unpend(arch)
+        self._forgotten(arch)
+
+    def score(self, metrics: Mapping[str, float]) -> float:
+        """The scalar to maximise for these metrics (infeasible archs below every feasible one)."""
+        return objectives.score(self.objective, metrics)
+
+    def values(self, metrics: Mapping[str, float]) -> tuple[float, ...]:
+        """The optimised metrics, one per direction of `nas.objective.directions`."""
+        return objectives.values(self.objective, metrics)
 
     def _unpend(self, arch: Arch) -> None:
         if self._pending[arch.hash] <= 0:
@@ -119,8 +106,15 @@ class Strategy(ABC):
     def _propose(self) -> Arch:
         """A new arch (the base records it as pending)."""
 
-    def _observe(self, arch: Arch, value: float) -> None:
+    def _propose_many(self, n: int) -> list[Arch]:
+        """`n` new archs; by default `_propose` n times."""
+        return [self._propose() for _ in range(n)]
+
+    def _observe(self, arch: Arch, metrics: Mapping[str, float]) -> None:
         """Learn from one scored arch (no-op by default)."""
+
+    def _forgotten(self, arch: Arch) -> None:
+        """An asked arch will never be told (no-op by default; a library's open trial is closed here)."""
 
     def _state(self) -> dict[str, Any]:
         return {}
@@ -151,15 +145,63 @@ class Strategy(ABC):
         self._load_state(state)
 
 
-def build_strategy(
-    name: str, overrides: Mapping[str, Any], space: SearchSpace, objective: Objective, seed: int
-) -> Strategy:
-    """The registered strategy `name` with `strategies/<name>.yaml` merged with `overrides`."""
-    from nas.config import STRATEGIES_DIR, load_yaml, parse
+def parse_strategy_config(
+    name: str, overrides: Mapping[str, Any], where: str | None = None, *, prefix: str = "",
+    flags: Mapping[str, str] | None = None,
+) -> StrategyConfig:
+    """The checked config of strategy `name`: `strategies/<name>.yaml` with `overrides` on top.
+
+    Args:
+        name: a registered strategy (an unknown one is a `UserError` listing the known ones).
+        overrides: the run config's `strategy_config`.
+        where: the source, for messages (default `strategy <name> (<name>.yaml)`).
+        prefix: key path of `overrides` in a larger config (`strategy_config.`), for messages.
+        flags: full key path -> CLI flag, for messages (`--population-size`).
+    """
+    from nas.config import parse
     from nas.registry import STRATEGIES
 
     cls = STRATEGIES.get(name)
+    if not isinstance(overrides, Mapping):
+        raise UserError(f"{where or name}: strategy_config must be a mapping of keys; got {shorten(overrides)}")
+    return parse(cls.config_model, {**strategy_defaults(name), **overrides}, where or f"strategy {name} ({name}.yaml)",
+                 prefix=prefix, flags=flags, owner=f"the {name} strategy")
+
+
+def strategy_defaults(name: str) -> dict[str, Any]:
+    """The defaults of strategy `name`: its `strategies/<name>.yaml` (the one place they live), or none."""
+    from nas.config import STRATEGIES_DIR
+    from nas.files import load_yaml
+
     path = STRATEGIES_DIR / f"{name}.yaml"
-    defaults = load_yaml(path) if path.exists() else {}
-    config = parse(cls.config_model, {**(defaults or {}), **overrides}, f"strategy {name} ({path.name})")
-    return cls(space, config, objective, seed)
+    defaults = load_yaml(path) if path.exists() else None
+    if defaults is not None and not isinstance(defaults, dict):
+        raise UserError(f"{path}: strategy defaults must be a mapping of keys; got {shorten(defaults)}")
+    return dict(defaults or {})
+
+
+def build_strategy(
+    name: str, overrides: Mapping[str, Any], space: SearchSpace, objective: Objective, seed: int,
+    workdir: Path | None = None,
+) -> Strategy:
+    """The registered strategy `name` with `strategies/<name>.yaml` merged with `overrides`.
+
+    Raises:
+        UserError: the strategy cannot follow this kind of objective (e.g. `pareto` for a scalar one).
+    """
+    from nas.registry import STRATEGIES
+
+    cls = STRATEGIES.get(name)
+    check_objective_kind(name, objective)
+    return cls(space, parse_strategy_config(name, overrides), objective, seed, workdir)
+
+
+def check_objective_kind(name: str, objective: Objective) -> None:
+    """Refuse an objective kind the strategy `name` cannot follow, naming the kinds it takes."""
+    from nas.registry import STRATEGIES
+
+    kinds = STRATEGIES.get(name).objectives
+    if objective.kind not in kinds:
+        able = sorted(n for n in STRATEGIES.names() if objective.kind in STRATEGIES.get(n).objectives)
+        raise UserError(f"--strategy {name}: takes objectives {', '.join(sorted(kinds))}, not {objective.kind}; "
+                        f"strategies for {objective.kind}: {', '.join(able)}")

@@ -25,12 +25,19 @@ from nas.arch import Arch
 from nas.errors import NasError
 from nas.strategies.base import Strategy
 
-_IN_FLIGHT = None
-_FAILED = "failed"
+_UNSCORED = None
+"""What the wrapper knows of an arch in flight or failed: a repeat of it is forgotten."""
 
 
 class SpaceExhausted(NasError):
-    """The wrapped strategy proposed only archs already seen, `max_draws` times in a row."""
+    """The wrapped strategy proposed only archs already seen, `max_draws` times in a row.
+
+    `archs` holds the new archs the same `ask` found before, which the caller still runs.
+    """
+
+    def __init__(self, message: str, archs: list[Arch] | None = None) -> None:
+        super().__init__(message)
+        self.archs = archs or []
 
 
 class Deduplicated:
@@ -44,26 +51,38 @@ class Deduplicated:
     def __init__(self, strategy: Strategy, max_draws: int = 1000) -> None:
         self.strategy = strategy
         self.max_draws = max_draws
-        self._seen: dict[str, Any] = {}  # hash -> metrics, _IN_FLIGHT or _FAILED
+        self._seen: dict[str, Any] = {}  # hash -> metrics, or _UNSCORED
         self.repeats = 0
 
-    def ask(self) -> Arch:
-        """A new arch no earlier ask of this search returned."""
-        for _ in range(self.max_draws):
-            arch = self.strategy.ask()
-            known = self._seen.get(arch.hash, arch)
-            if known is arch:
-                self._seen[arch.hash] = _IN_FLIGHT
-                return arch
-            self.repeats += 1
-            if isinstance(known, Mapping):
-                self.strategy.tell(arch, known)
-            else:
-                self.strategy.forget(arch)
-        raise SpaceExhausted(
-            f"strategy {type(self.strategy).__name__} proposed {self.max_draws} archs in a row that this search "
-            f"has already seen ({len(self._seen)} distinct archs so far); the space looks exhausted"
-        )
+    def ask(self, n: int = 1) -> list[Arch]:
+        """`n` new archs that no earlier ask of this search returned.
+
+        Raises:
+            SpaceExhausted: `max_draws` repeats in a row; its `archs` holds the new archs found before.
+        """
+        archs: list[Arch] = []
+        repeats_in_row = 0
+        while len(archs) < n:
+            fresh = 0
+            for arch in self.strategy.ask(n - len(archs)):
+                known = self._seen.get(arch.hash, arch)
+                if known is arch:
+                    self._seen[arch.hash] = _UNSCORED
+                    archs.append(arch)
+                    fresh += 1
+                    continue
+                self.repeats += 1
+                if isinstance(known, Mapping):
+                    self.strategy.tell(arch, known)
+                else:
+                    self.strategy.forget(arch)
+            repeats_in_row = 0 if fresh else repeats_in_row + n - len(archs)
+            if repeats_in_row >= self.max_draws:
+                raise SpaceExhausted(
+                    f"strategy {type(self.strategy).__name__} proposed {self.max_draws} archs in a row that this "
+                    f"search has already seen ({len(self._seen)} distinct archs so far); the space looks exhausted",
+                    archs)
+        return archs
 
     def tell(self, arch: Arch, metrics: Mapping[str, float]) -> float:
         """Tell the wrapped strategy, and remember the metrics for its repeats."""
@@ -74,11 +93,11 @@ class Deduplicated:
     def forget(self, arch: Arch) -> None:
         """Drop an arch that failed; its repeats are dropped too."""
         self.strategy.forget(arch)
-        self._seen[arch.hash] = _FAILED
+        self._seen[arch.hash] = _UNSCORED
 
     def remember(self, arch_hash: str, metrics: Mapping[str, float] | None) -> None:
         """Mark an arch as seen on resume: scored (`metrics`), or failed or in flight (None)."""
-        self._seen[arch_hash] = dict(metrics) if metrics is not None else _FAILED
+        self._seen[arch_hash] = dict(metrics) if metrics is not None else _UNSCORED
 
     def pending(self) -> list[Arch]:
         return self.strategy.pending()

@@ -15,18 +15,35 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from nas.arch import Arch
 from nas.registry import STRATEGIES
 from nas.strategies.base import Strategy, StrategyConfig
 
+MAX_POPULATION = 10_000
+"""Largest population: the whole population is saved in `strategy.json` after every ask and tell
+(about 1 KB per arch), and the paper's largest was 1,000."""
+
 
 class EvolutionConfig(StrategyConfig):
-    """Hyper-parameters of regularized evolution (defaults in strategies/evolution.yaml)."""
+    """Hyper-parameters of regularized evolution (defaults in strategies/evolution.yaml).
 
-    population_size: int = Field(gt=1)
-    sample_size: int = Field(gt=0)
+    `population_size` is P, in [2, `MAX_POPULATION`]; `sample_size` is S, the tournament size, in
+    [1, P] (the paper's Algorithm 1 samples S of the P members).
+    """
+
+    population_size: int = Field(ge=2, le=MAX_POPULATION)
+    sample_size: int = Field(ge=1, le=MAX_POPULATION)
+
+    @field_validator("sample_size")
+    @classmethod
+    def _at_most_population(cls, sample_size: int, info: ValidationInfo) -> int:
+        population = info.data.get("population_size")  # absent when it failed its own check
+        if population is not None and sample_size > population:
+            raise ValueError(f"must be at most population_size ({population}), since a tournament samples "
+                             "members of the population; lower the sample size or raise the population")
+        return sample_size
 
 
 @STRATEGIES.register("evolution")
@@ -48,8 +65,8 @@ class RegularizedEvolution(Strategy):
         parent = max((self.population[i] for i in picks), key=lambda member: member[1])[0]
         return self.space.mutate(parent, self.rng)
 
-    def _observe(self, arch: Arch, value: float) -> None:
-        self.population.append((arch, value))
+    def _observe(self, arch: Arch, metrics: Mapping[str, float]) -> None:
+        self.population.append((arch, self.score(metrics)))
 
     def _state(self) -> dict[str, Any]:
         return {"population": [[a.to_dict(), v] for a, v in self.population]}

@@ -17,7 +17,8 @@ from tests.conftest import synthetic_table
 
 @pytest.mark.parametrize("strategy", ["random", "evolution"])
 def test_lut_search_runs_and_keeps_the_bound(ray_local, space_name: str, strategy: str, tmp_path: Path) -> None:
-    """300 archs in two trials: all logged, the best keeps the latency bound and beats the first feasible arch."""
+    """300 archs in two trials: all logged, the best keeps the latency bound, is the best feasible one logged and
+    beats the first feasible arch (where the space has more than a few distinct scores)."""
     table_path = synthetic_table(space_name, tmp_path / "table.yaml")
     space, table = load_space(space_name), LatencyTable.load(table_path)
     rng = np.random.default_rng(0)
@@ -28,5 +29,7 @@ def test_lut_search_runs_and_keeps_the_bound(ray_local, space_name: str, strateg
     lines = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert [r["trial"] for r in lines] == list(range(300))
     assert best[0]["metrics"]["latency_ms"] <= bound
-    first_feasible = next(r for r in lines if r["metrics"]["latency_ms"] <= bound)
-    assert best[0]["score"] > first_feasible["score"]
+    feasible = [r for r in lines if r["metrics"]["latency_ms"] <= bound]
+    assert best[0]["score"] == max(r["score"] for r in feasible)
+    # A small space (NAS-Bench-201 has 28 distinct MAC counts) may meet its best arch first.
+    assert best[0]["score"] > feasible[0]["score"] or len({r["metrics"]["macs"] for r in feasible}) < 50

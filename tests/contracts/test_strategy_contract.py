@@ -24,7 +24,7 @@ def _drive(strategy, steps: int, start: int = 0) -> list[str]:
     """Ask two, tell them in reverse order; repeat. Returns the asked hashes."""
     asked = []
     for _ in range(start, steps):
-        pair = [strategy.ask(), strategy.ask()]
+        pair = strategy.ask(2)
         asked += [a.hash for a in pair]
         for arch in reversed(pair):
             strategy.tell(arch, _metrics(arch))
@@ -44,7 +44,7 @@ def test_same_seed_same_asks(strategy_name: str) -> None:
 def test_resume_from_json_state_is_exact(strategy_name: str) -> None:
     first = _make(strategy_name)
     _drive(first, 5)
-    in_flight = first.ask()
+    (in_flight,) = first.ask()
     state = json.loads(json.dumps(first.state_dict()))
     resumed = _make(strategy_name, seed=99)
     resumed.load_state_dict(state)
@@ -60,7 +60,7 @@ def test_telling_an_unasked_arch_is_an_error(strategy_name: str) -> None:
     arch = load_space("proxylessnas").sample(np.random.default_rng(0))
     with pytest.raises(NasError, match="never asked"):
         strategy.tell(arch, _metrics(arch))
-    asked = strategy.ask()
+    (asked,) = strategy.ask()
     strategy.tell(asked, _metrics(asked))
     with pytest.raises(NasError):
         strategy.tell(asked, _metrics(asked))

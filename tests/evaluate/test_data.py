@@ -1,8 +1,11 @@
-"""Data sets: bundled digits (shapes, split, determinism) and CIFAR-10 from a pickle directory."""
+"""Data sets: bundled digits (shapes, split, determinism) and CIFAR-10 from a pickle directory, read by a
+pickle reader that builds only what a CIFAR-10 batch holds (crafted files below)."""
 
 from __future__ import annotations
 
+import os
 import pickle
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -51,7 +54,7 @@ def _write_cifar(root: Path, n_batches: int = 2, per_batch: int = 6, protocol: i
     return written
 
 
-@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_cifar10_loads_pickle_directory(tmp_path: Path, protocol: int) -> None:
     written = _write_cifar(tmp_path / "cifar", protocol=protocol)
     d = load_dataset("cifar10", tmp_path / "cifar")
@@ -143,8 +146,8 @@ def test_cifar10_foreign_keys_are_named(tmp_path: Path) -> None:
 def test_cifar10_files_are_read_once_while_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = _write_cifar(tmp_path / "cifar", n_batches=1)
     reads = []
-    original = data_module._NumpyOnlyUnpickler.load
-    monkeypatch.setattr(data_module._NumpyOnlyUnpickler, "load", lambda self: reads.append(1) or original(self))
+    original = data_module._CifarUnpickler.load
+    monkeypatch.setattr(data_module._CifarUnpickler, "load", lambda self: reads.append(1) or original(self))
     first = load_dataset("cifar10", tmp_path / "cifar")
     load_dataset("cifar10", tmp_path / "cifar", resolution=16)
     assert len(reads) == 2  # data_batch_1 and test_batch, once each
@@ -164,3 +167,123 @@ def test_resolution_is_bounded() -> None:
     with pytest.raises(UserError, match=r"unknown data set 'xxx.*…' \(1000000 chars\)") as err:
         load_dataset("x" * 1_000_000)
     assert len(str(err.value)) < 300
+
+
+def test_digits_refuses_a_data_dir(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match=r"^--data-dir: data set 'digits' takes no data dir .*take one: cifar10"):
+        load_dataset("digits", tmp_path)
+
+
+# -- crafted CIFAR-10 files -------------------------------------------------------------------------
+
+def _op_str(data: bytes) -> bytes:
+    """A Python 2 `str` in a protocol-2 pickle (SHORT_BINSTRING or BINSTRING)."""
+    return b"U" + bytes([len(data)]) + data if len(data) < 256 else b"T" + struct.pack("<i", len(data)) + data
+
+
+_PLAIN_U1_STATE = b"(K\x03" + _op_str(b"|") + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+
+
+def _py2_batch(rows: np.ndarray, labels: list[int], dtype_state: bytes = _PLAIN_U1_STATE,
+               reconstruct_shape: bytes = b"K\x00\x85") -> bytes:
+    """A batch as the release's files hold it: Python 2 cPickle at protocol 2, `str` as BINSTRING,
+    numpy 1.x module paths (numpy.core.multiarray._reconstruct, numpy.dtype('u1', 0, 1))."""
+    n = rows.shape[0]
+    array = (b"cnumpy.core.multiarray\n_reconstruct\nq\x02cnumpy\nndarray\nq\x03" + reconstruct_shape
+             + _op_str(b"b") + b"\x87Rq\x04(K\x01M" + struct.pack("<H", n) + b"M\x00\x0c\x86cnumpy\ndtype\nq\x05"
+             + _op_str(b"u1") + b"K\x00K\x01\x87Rq\x06" + dtype_state + b"\x89" + _op_str(rows.tobytes()) + b"tb")
+    label_ops = b"]q\x07(" + b"".join(b"K" + bytes([v]) for v in labels) + b"e"
+    return (b"\x80\x02}q\x01(" + _op_str(b"data") + array + _op_str(b"labels") + label_ops
+            + _op_str(b"batch_label") + _op_str(b"training batch 1 of 5") + b"u.")
+
+
+def _cifar_with(tmp_path: Path, batch: bytes) -> Path:
+    """A CIFAR-10 dir whose data_batch_1 is `batch` (its test_batch is good)."""
+    _write_cifar(tmp_path / "cifar", n_batches=1)
+    (tmp_path / "cifar" / "data_batch_1").write_bytes(batch)
+    return tmp_path / "cifar"
+
+
+def test_cifar10_reads_the_releases_python2_pickles(tmp_path: Path) -> None:
+    rows = np.random.default_rng(3).integers(0, 256, size=(7, 3072), dtype=np.uint8)
+    root = _cifar_with(tmp_path, _py2_batch(rows, [0, 1, 2, 3, 4, 5, 9]))
+    d = load_dataset("cifar10", root)
+    assert d.y_train.tolist() == [0, 1, 2, 3, 4, 5, 9]
+    assert float(d.x_train[6, 2, 31, 31]) == pytest.approx((rows[6, 3071] / 255 - 0.4465) / 0.2616, abs=1e-5)
+
+
+@pytest.mark.parametrize("protocol", [0, 2, 4])
+def test_a_pickle_that_calls_os_system_does_not_run(tmp_path: Path, protocol: int) -> None:
+    marker = tmp_path / "ran"
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, (f"touch {marker}",))
+
+    root = _cifar_with(tmp_path, pickle.dumps({b"data": Evil(), b"labels": [0]}, protocol=protocol))
+    with pytest.raises(UserError, match=r"data_batch_1 is not a CIFAR-10 pickle \(UnpicklingError: refusing to "
+                                        r"load (posix|os)\.system\)"):
+        load_dataset("cifar10", root)
+    assert not marker.exists()
+
+
+def _crafted(kind: str) -> bytes:
+    rows = np.zeros((2, 3072), np.uint8)
+    if kind == "huge_list":  # 600,000 labels: more pickle operations than any batch has
+        return pickle.dumps({b"data": rows, b"labels": list(range(600_000))}, protocol=2)
+    if kind == "nested_lists":  # 4,000 memo references that np.asarray would expand into 1e12 numbers
+        nested: list = [0] * 1000
+        for _ in range(3):
+            nested = [nested] * 1000
+        return pickle.dumps({b"data": nested, b"labels": [0, 1]}, protocol=2)
+    if kind == "ndarray_called":  # numpy.ndarray((2**40,)): would allocate a terabyte
+        return b"\x80\x02cnumpy\nndarray\nL1099511627776L\n\x85R."
+    if kind == "reconstruct_big":  # _reconstruct(ndarray, (2**30,), b"b"): not what numpy writes
+        return _py2_batch(rows, [0, 1], reconstruct_shape=b"J\x00\x00\x00\x40\x85")
+    if kind == "dtype_with_fields":  # a u1 dtype given a field 100,000 bytes past its one byte
+        field = b"cnumpy\ndtype\n" + _op_str(b"u8") + b"K\x00K\x01\x87R" + b"(K\x03" + _op_str(b"<") \
+                + b"NNNJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb"
+        state = (b"(K\x03" + _op_str(b"|") + b"N" + _op_str(b"a") + b"\x85}" + _op_str(b"a") + field
+                 + b"J\xa0\x86\x01\x00\x86sJ\xff\xff\xff\xffJ\xff\xff\xff\xffK\x00tb")
+        return _py2_batch(rows, [0, 1], dtype_state=state)
+    if kind == "object_array":
+        return pickle.dumps({b"data": np.array([None, None], dtype=object), b"labels": [0, 1]}, protocol=2)
+    if kind == "wrong_shape":
+        return pickle.dumps({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, protocol=4)
+    if kind == "list_data":
+        return pickle.dumps({b"data": [[0] * 3072] * 2, b"labels": [0, 1]}, protocol=2)
+    if kind == "float_labels":
+        return pickle.dumps({b"data": rows, b"labels": [0.5, 1.0]}, protocol=2)
+    if kind == "short_labels":
+        return pickle.dumps({b"data": rows, b"labels": [0]}, protocol=2)
+    if kind == "array_size_lie":  # a state whose buffer is shorter than its shape says
+        return _py2_batch(rows, [0, 1]).replace(b"M\x02\x00M\x00\x0c\x86", b"M\x00\x01M\x00\x0c\x86")
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize(("kind", "needle"), [
+    ("huge_list", "more than 500,000 pickle operations"),
+    ("nested_lists", "data is a list"),
+    ("ndarray_called", "not callable"),
+    ("reconstruct_big", "refusing an array built other than numpy pickles it"),
+    ("dtype_with_fields", "refusing a dtype with fields"),
+    ("object_array", "refusing dtype 'O8'"),
+    ("wrong_shape", "data is uint8 (2, 1024), expected a uint8 array (N, 3072)"),
+    ("list_data", "data is a list"),
+    ("float_labels", "labels must be a list of 2 integers in 0..9"),
+    ("short_labels", "labels must be a list of 2 integers in 0..9"),
+    ("array_size_lie", "an array of shape (256, 3072) over 6,144 bytes"),
+])
+def test_crafted_cifar_files_are_refused_before_numpy_sees_them(tmp_path: Path, kind: str, needle: str) -> None:
+    with pytest.raises(UserError, match="data_batch_1") as err:
+        load_dataset("cifar10", _cifar_with(tmp_path, _crafted(kind)))
+    message = str(err.value)
+    assert needle in message and "\n" not in message and len(message) < 400, message
+
+
+def test_an_oversized_cifar_file_is_refused_unread(tmp_path: Path) -> None:
+    root = _cifar_with(tmp_path, b"")
+    with (root / "data_batch_1").open("wb") as f:
+        f.truncate(data_module._MAX_CIFAR_BYTES + 1)  # sparse: costs no disk
+    with pytest.raises(UserError, match=r"data_batch_1 is 41,943,041 bytes, more than the 41,943,040 allowed"):
+        load_dataset("cifar10", root)

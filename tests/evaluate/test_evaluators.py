@@ -33,7 +33,7 @@ def test_relative_data_dir_is_made_absolute(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.chdir(tmp_path)
     config = normalize_evaluator_config("train", {"data": "cifar10", "data_dir": "data/cifar"})
     assert config == {"data": "cifar10", "data_dir": str(tmp_path.resolve() / "data" / "cifar")}
-    assert TrainConfig(data_dir="~/x").data_dir == Path.home() / "x"
+    assert TrainConfig(data="cifar10", data_dir="~/x").data_dir == Path.home() / "x"
     monkeypatch.chdir(tmp_path / "data")  # a Ray worker runs elsewhere: the stored path still finds the data
     assert build_evaluator(_spec(config)).config.data_dir == tmp_path.resolve() / "data" / "cifar"
     assert normalize_evaluator_config("lut", {}) == {}
@@ -46,6 +46,25 @@ def test_normalize_refuses_bad_values() -> None:
         normalize_evaluator_config("train", {"epoch": 3})
     with pytest.raises(UserError, match=r"seed: .*\[0, 4294967296\)"):
         normalize_evaluator_config("train", {"seed": -1})
+
+
+@pytest.mark.parametrize(("name", "config", "needles"), [
+    ("lut", {"epochs": 3}, ["unknown key 'epochs'", "the lut evaluator takes no options"]),
+    ("train", {"data_dir": "/data"}, ["data_dir: data set 'digits' takes no data dir", "take one: cifar10"]),
+    ("train", {"data": "digits", "data_dir": "/data"}, ["'digits' takes no data dir"]),
+    ("train", {"data": "cifar10", "data_dir": ""}, ["data_dir: an empty path"]),
+    ("train", {"data": "cifar10", "data_dir": "d" * 300}, ["component of 300 bytes"]),
+    ("train", {"data": "mnist"}, ["data: unknown data set; allowed: cifar10, digits; got 'mnist'"]),
+])
+def test_evaluator_configs_refuse_what_they_would_ignore(name: str, config: dict, needles: list[str]) -> None:
+    with pytest.raises(UserError) as err:
+        normalize_evaluator_config(name, config)
+    assert "\n" not in str(err.value) and len(str(err.value)) < 400
+    for needle in needles:
+        assert needle in str(err.value), str(err.value)
+    if name == "train":  # a Ray worker builds it from the spec: the same check there
+        with pytest.raises(UserError, match=needles[0].split(":")[0]):
+            build_evaluator(_spec(config))
 
 
 @pytest.mark.parametrize("damage", ["truncated", "str_keys_foreign", "not_uint8"])

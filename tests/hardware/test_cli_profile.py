@@ -22,8 +22,8 @@ from .test_store import _synthetic, run_suggested
 TORCH_R32 = PROFILES_DIR / "amd-epyc-torch-t1-fp32-b1" / "proxylessnas-r32.yaml"
 
 
-def _invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args])
+def _invoke(*args: str, terminal_width: int = 80):
+    return CliRunner().invoke(app, [str(a) for a in args], terminal_width=terminal_width)
 
 
 def test_a_new_table_goes_to_the_user_dir(user_profiles, monkeypatch, tmp_path):
@@ -92,3 +92,49 @@ def test_spaces_says_why_a_preset_has_no_table_and_how_to_make_one(monkeypatch):
     got = run_suggested(command, monkeypatch)
     assert got.space.config == space_of(find_preset("proxyless_mobile")).config
     assert "--preset proxyless_mobile" in command
+
+
+# -- every option, out of its range: one line naming it, exit 2, nothing written --------------------
+
+@pytest.fixture(scope="module")
+def zygote_profiles(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest):
+    """The user profiles dir of the warm CLI: set before its interpreter starts, so the commands it runs
+    write (if they wrongly did) where the tests look."""
+    path = tmp_path_factory.mktemp("zygote-profiles")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("NAS_PROFILES_DIR", str(path))
+        request.getfixturevalue("warm_cli")
+        yield path
+
+
+_PROFILE_CASES = [
+    ("--threads", "0", "[1, "), ("--threads", "100000", "this machine's"), ("--threads", "-1", "[1, "),
+    ("--batch", "0", "[1, 1,024]"), ("--batch", "1025", "[1, 1,024]"), ("--batch", "100000000", "got 100000000"),
+    ("--n-validate", "1", "[2, 10,000]"), ("--n-validate", "10001", "[2, 10,000]"),
+    ("--n-validate", "100000000", "got 100000000"),
+    ("--seed", "-1", "[0, 4,294,967,295]"), ("--seed", "4294967296", "got 4294967296"),
+    ("--resolution", "100000", "[32, 1024]"), ("--classes", "0", "num_classes"), ("--width-mult", "nan", "finite"),
+    ("--width-mult", "inf", "finite"), ("--dtype", "x" * 130_000, "(130000 chars)"),
+    ("--out", "", "an empty path"), ("--out", "o" * 130_000, "(130000 chars)"), ("--out", "d/" + "n" * 256, "255"),
+    ("--table", "t" * 130_000, "(130000 chars)"),
+]
+_PROFILE_CASES += [(flag, value, "") for flag in ("--threads", "--batch", "--n-validate", "--seed")
+                   for value in ("nan", "1e8", "1.5", "9" * 5000)]
+
+
+@pytest.mark.parametrize(("flag", "value", "needle"), _PROFILE_CASES)
+def test_profile_options_are_checked_before_anything_is_timed_or_written(
+    zygote_profiles: Path, in_tmp_dir: None, flag: str, value: str, needle: str
+) -> None:
+    from tests.cli_harness import assert_user_error, run_cli
+
+    more = ["--validate"] if flag == "--table" else []
+    line = assert_user_error(run_cli("profile", *more, flag, value), flag, needle)
+    assert len(line) < 400, line
+    assert not list(Path.cwd().iterdir()) and not list(zygote_profiles.iterdir()), "a refused profile wrote files"
+
+
+def test_profile_help_shows_the_ranges() -> None:
+    text = " ".join(_invoke("profile", "--help", terminal_width=400).stdout.replace("│", " ").split())
+    for needle in ("Batch size; 1 to 1024.", "1 to this machine's CPUs", "2 to 10,000.", "0 to 4294967295."):
+        assert needle in text, needle

@@ -236,7 +236,7 @@ def test_full_disk_keeps_the_old_table_and_the_measurements(space, timer, tmp_pa
 
 
 def test_profile_start_removes_temp_files_of_killed_writers(tmp_path):
-    from nas.cli import _check_writable
+    from nas.cli_profile import _check_writable
 
     path = tmp_path / "dev" / "fake-r8.yaml"
     path.parent.mkdir()
@@ -261,7 +261,7 @@ def test_missed_criteria_name_the_failing_one():
 
 
 def test_print_report_says_which_criterion_failed(capsys):
-    from nas.cli import _print_report
+    from nas.cli_profile import _print_report
 
     naive = {"mape": 30.0, "within_5": 0.0, "within_10": 0.0, "spearman": 0.9}
     report = {"mape": 6.0, "within_5": 0.6, "within_10": 0.91, "spearman": 0.97, "noise": 2.0, "n_archs": 100,

@@ -12,8 +12,9 @@ import yaml
 from typer.testing import CliRunner
 
 from nas.config import PROFILES_DIR
+from nas.errors import UserError
 from nas.hardware import rescale as rescale_module
-from nas.hardware.rescale import host_scale, scale_warning, scaled
+from nas.hardware.rescale import host_scale, rescale, scale_warning, scaled
 from nas.hardware.schema import Rescale
 from nas.hardware.store import table_identity, table_path, table_scale
 from nas.hardware.table import LatencyTable
@@ -70,6 +71,16 @@ def test_scale_warning_names_the_rescale_command(monkeypatch):
     warning = scale_warning(table)
     assert "scale 0.60" in warning and "1.67x faster" in warning and "\n" not in warning
     assert warning.endswith(f"`nas profile --rescale --table {TORCH_R32}`")
+
+
+def test_rescale_refuses_a_scale_out_of_range(monkeypatch):
+    """A host measured 10 000 times faster than the table (a broken timer, a wrong table) is no rescale."""
+    table = LatencyTable.load(TORCH_R32)
+    stored = table.metadata.protocol["network_reference"]["ms"]
+    monkeypatch.setattr(rescale_module, "_time_reference", lambda t, s: (stored / 10_000, stored))
+    with pytest.raises(UserError, match=r"out of range \(a finite number in \[0.001, 1000\]\)") as err:
+        rescale(table)
+    assert "\n" not in str(err.value) and "nas profile --space proxylessnas" in str(err.value)
 
 
 @pytest.mark.slow

@@ -210,3 +210,22 @@ def _synthetic(space, path: Path) -> Path:
     entries = {k: Entry(mean=0.01, std=0.0, count=1) for k in space.all_latency_keys()}
     LatencyTable(TableFile(metadata=meta, entries=entries)).save(path)
     return path
+
+
+def test_a_table_that_cannot_be_kept_in_the_temp_dir_either_is_reported_lost(tmp_path, monkeypatch):
+    """The temp dir is often on the same full disk: the spare save fails with `DiskFullError`, the
+    message says the table is lost, and no empty `nas-unsaved-*` folder stays behind."""
+    import tempfile
+
+    from nas.run_dir import DiskFullError
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    table = make_table(FakeSpace(FakeConfig()))
+
+    def full(path):
+        raise DiskFullError(f"disk full writing {path}")
+
+    monkeypatch.setattr(table, "save", full)
+    message = store._keep_elsewhere(table, tmp_path / "out.yaml")
+    assert "it is lost" in message and "disk is full" in message, message
+    assert not list(tmp_path.glob("nas-unsaved-*"))

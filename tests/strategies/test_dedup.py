@@ -25,7 +25,7 @@ def test_asks_are_distinct_and_the_budget_counts_distinct_archs(strategy_name: s
     strategy = Deduplicated(inner)
     asked = []
     for _ in range(300):
-        arch = strategy.ask()
+        (arch,) = strategy.ask()
         asked.append(arch.hash)
         strategy.tell(arch, _metrics(space, arch))
     assert len(set(asked)) == 300
@@ -38,7 +38,7 @@ def test_a_small_space_is_exhausted_not_looped() -> None:
     seen = set()
     with pytest.raises(SpaceExhausted, match="already seen .81 distinct archs"):
         for _ in range(200):
-            arch = strategy.ask()
+            (arch,) = strategy.ask()
             seen.add(arch.hash)
             strategy.tell(arch, {"macs": 1.0, "params": 1.0, "latency_ms": 1.0})
     assert len(seen) == 81
@@ -48,14 +48,23 @@ def test_repeat_of_an_arch_in_flight_is_forgotten_and_of_a_scored_arch_is_told()
     space = FakeSpace(FakeConfig())
     inner = build_strategy("random", {}, space, OBJECTIVE, seed=1)
     strategy = Deduplicated(inner, max_draws=5000)
-    in_flight = [strategy.ask() for _ in range(40)]  # nothing told: repeats of these are forgotten
+    in_flight = strategy.ask(40)  # nothing told: repeats of these are forgotten
     assert len({a.hash for a in in_flight}) == 40
     assert len(inner.pending()) == 40
     for arch in in_flight:
         strategy.tell(arch, {"macs": 1.0, "params": 1.0, "latency_ms": 1.0})
     for _ in range(41):
-        arch = strategy.ask()
+        (arch,) = strategy.ask()
         strategy.tell(arch, {"macs": 1.0, "params": 1.0, "latency_ms": 1.0})
     assert strategy.repeats > 0
     assert inner.pending() == []  # repeats of archs in flight were forgotten, of scored archs told
     assert inner.n_told > 81  # the repeats of scored archs were told their known metrics
+
+
+def test_a_batch_ask_that_runs_out_hands_back_the_new_archs_it_found() -> None:
+    space = FakeSpace(FakeConfig())  # 81 archs
+    strategy = Deduplicated(build_strategy("random", {}, space, OBJECTIVE, seed=3), max_draws=500)
+    with pytest.raises(SpaceExhausted) as err:
+        strategy.ask(100)
+    assert len({a.hash for a in err.value.archs}) == len(err.value.archs) == 81
+    assert len(strategy.pending()) == 81  # the repeats were forgotten, the new archs are in flight

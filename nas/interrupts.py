@@ -1,0 +1,101 @@
+"""How a search stops on SIGINT or SIGTERM: within seconds, always with the same one line.
+
+The first signal sets a flag that the search loop checks (`Signals.check` raises `Interrupted`),
+so the run dir is left consistent and Ray is shut down in order. The orderly stop is bounded:
+a second signal, or a stop still running `STOP_GRACE_S` after the first, ends the process at
+once with the line and exit status 128 + signal, from a watchdog thread, because the main
+thread may be stuck inside Ray (a GCS that is gone is waited for a minute). Ending at once is
+safe: the run dir survives a kill at any moment. A failure that follows a stop request (a child
+killed by the same signal, Ray torn down under Tune) is reported as the stop, not as an error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from nas.errors import NasError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["STOPPED", "STOP_GRACE_S", "Interrupted", "Signals", "catching_signals"]
+
+STOP_GRACE_S = 15.0
+"""How long an orderly stop after SIGINT/SIGTERM may take before the process exits at once."""
+STOPPED = "stopped; re-run the same command to resume"
+_POLL_S = 0.1
+
+
+class Interrupted(NasError):
+    """The search was stopped by a signal; the run dir is consistent and a re-run resumes it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(STOPPED)
+        self.signum = signum
+
+
+class Signals:
+    """The stop request: SIGINT and SIGTERM set `signum`; see the module docstring for the bounds.
+
+    The handler only assigns (it may run while the main thread holds any lock, so it takes none);
+    the watchdog thread, started by `catching_signals`, polls for the deadline it sets.
+    """
+
+    def __init__(self, grace_s: float = STOP_GRACE_S) -> None:
+        self.signum: int | None = None
+        self.grace_s = grace_s
+        self.deadline: float | None = None
+        self.done = threading.Event()
+
+    def handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:
+            _exit_now(signum)
+        self.deadline = time.monotonic() + self.grace_s
+        self.signum = signum
+
+    def watch(self) -> None:
+        """Until `done` is set: end the process once a stop request is older than `grace_s`."""
+        while not self.done.wait(_POLL_S):
+            if self.signum is not None and self.deadline is not None and time.monotonic() > self.deadline:
+                _exit_now(self.signum)
+
+    def install(self) -> None:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, self.handle)
+
+    def check(self) -> None:
+        """Raise `Interrupted` once a stop was requested."""
+        if self.signum is not None:
+            raise Interrupted(self.signum)
+
+
+def _exit_now(signum: int) -> None:
+    os.write(2, f"{STOPPED}\n".encode())
+    os._exit(128 + signum)
+
+
+@contextmanager
+def catching_signals(grace_s: float = STOP_GRACE_S) -> Iterator[Signals]:
+    """Our SIGINT/SIGTERM handlers while the block runs (the previous ones after); any failure after a
+    stop request is raised as `Interrupted`. Leaving the block disarms the watchdog."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signals = Signals(grace_s)
+    threading.Thread(target=signals.watch, name="nas-stop-watchdog", daemon=True).start()
+    signals.install()
+    try:
+        yield signals
+    except Exception as err:
+        if signals.signum is None or isinstance(err, Interrupted):
+            raise
+        log.info("after the stop request: %s: %s", type(err).__name__, err)
+        raise Interrupted(signals.signum) from None
+    finally:
+        signals.done.set()
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
