@@ -6,7 +6,8 @@ time: a generation of `nsga2` and `early_exit_evolution`, a policy update's wort
 of the `tabular` evaluator: NAS-Bench-201's measured 200-epoch validation accuracy of one training seed, drawn
 per arch as the evaluator does, its training time, latency and params. No Ray and no run dir (Optuna studies
 live in memory). One run per (strategy, seed) evaluates 300 distinct archs; the figure at a budget of B archs
-is the best of its first B (the anytime curve, as NAS-Bench-201's own plots). The time budget counts the archs
+is the best of its first B (the anytime curve, as NAS-Bench-201's own plots; a search that runs out of new
+archs, `SpaceExhausted`, ends there and keeps its best). The time budget counts the archs
 whose summed `train_time_s` stays within 12,000 s, as NAS-Bench-201's baselines do; the package has only
 200-epoch costs (NAS-Bench-201 charged 12-epoch ones), so 12,000 s buys about 6-7 archs here. The
 `12000s_12epoch_estimate` row charges each arch 12/200 of its 200-epoch time instead: an estimate of the
@@ -26,11 +27,13 @@ Cost: each strategy's own ask+tell time per arch (median of a run, then over see
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import multiprocessing
 import sys
 import time
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import HERE, machine  # noqa: E402
+from _nb201_plot import plot, table  # noqa: E402
 
 from nas.config import Objective  # noqa: E402
 from nas.evaluate.tabular import KEY_OPS, TabularConfig, TabularEvaluator, best_accuracy, results  # noqa: E402
@@ -90,8 +94,8 @@ PUBLISHED = {
     "source": "Dong & Yang, NAS-Bench-201, ICLR 2020 (arXiv:2001.00326), Table 5: CIFAR-10 validation (cifar10-valid) "
               "and test accuracy (%) of the arch found, mean and std over 500 runs, 12,000 s simulated budget at "
               "12-epoch costs (search on 12-epoch accuracy, reported at 200 epochs); 'RS' is random search",
-    "note": "transcribed from the paper, whose text this offline session could not retrieve: check against the PDF "
-            "before quoting. Its 'optimal' row equals this package's best mean (91.61)",
+    "note": "transcribed by hand from the paper (its text was not at hand when this was written): check against "
+            "the PDF before quoting. Its 'optimal' valid row equals this package's best mean, 91.61",
     "cifar10": {"REA": {"valid": [91.19, 0.31], "test": [93.92, 0.30]},
                 "REINFORCE": {"valid": [91.09, 0.37], "test": [93.85, 0.37]},
                 "RS": {"valid": [90.93, 0.36], "test": [93.70, 0.36]},
@@ -117,11 +121,21 @@ def _row(arch: Any) -> int:
     return sum(KEY_OPS.index(arch.choices[name]) * 5 ** (len(DECISIONS) - 1 - k) for k, name in enumerate(DECISIONS))
 
 
-def run_one(name: str, seed: int, pareto: bool = False, archs: int = ARCHS) -> dict[str, Any]:
-    """One search of `archs` distinct archs: per arch its observed and mean accuracy, cost, latency, ask+tell s."""
+def run_seed(name: str, index: int, pareto: bool = False) -> int:
+    """The seed of run `index` of a strategy: its own stream per strategy and objective, so the samples that the
+    Mann-Whitney test compares are independent (a shared seed would give random and evolution the same first
+    population)."""
+    tag = zlib.crc32(f"{name}/{'pareto' if pareto else 'single'}".encode())
+    return int(np.random.SeedSequence([index, tag]).generate_state(1)[0])
+
+
+def run_one(name: str, index: int, pareto: bool = False, archs: int = ARCHS) -> dict[str, Any]:
+    """Run `index` of a strategy: `archs` distinct archs, each with its observed and mean accuracy, training
+    time, latency and the strategy's ask+tell seconds. The strategy and the evaluator's seed draw share a seed."""
     if not _WORKER:
         _init_worker()
-    space, entry = _WORKER["space"], ENTRIES[name]
+    begun = time.perf_counter()
+    space, entry, seed = _WORKER["space"], ENTRIES[name], run_seed(name, index, pareto)
     objective = (Objective(kind="pareto", metrics=PARETO) if pareto
                  else Objective(metric=SINGLE[0], mode=SINGLE[1]))
     evaluator = TabularEvaluator(space, TabularConfig(data="cifar10", seed=seed), None)
@@ -137,10 +151,9 @@ def run_one(name: str, seed: int, pareto: bool = False, archs: int = ARCHS) -> d
         asked = time.perf_counter() - start
         if not batch:
             break
-        metrics = evaluator.evaluate_many(batch)
         told = 0.0
-        for i, arch in enumerate(batch):
-            one = {k: float(v[i]) for k, v in metrics.items()}
+        for arch, metrics in zip(batch, evaluator.evaluate_many(batch), strict=True):
+            one = {k: float(v) for k, v in metrics.items()}
             start = time.perf_counter()
             search.tell(arch, one)
             told += time.perf_counter() - start
@@ -148,8 +161,8 @@ def run_one(name: str, seed: int, pareto: bool = False, archs: int = ARCHS) -> d
                 out[key].append(one[key])
             out["mean_accuracy"].append(float(_WORKER["mean"][_row(arch)]))
         out["s"] += [(asked + told) / len(batch)] * len(batch)
-    return {"name": name, "seed": seed, "pareto": pareto, "exhausted": exhausted,
-            **{k: np.array(v) for k, v in out.items()}}
+    return {"name": name, "seed": index, "pareto": pareto, "exhausted": exhausted,
+            "run_s": time.perf_counter() - begun, **{k: np.array(v) for k, v in out.items()}}
 
 
 def _task(job: tuple[str, int, bool, int]) -> dict[str, Any]:
@@ -185,6 +198,7 @@ def _stats(values: np.ndarray, scale: float = 100.0, digits: int = 3) -> list[fl
 
 
 def _group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Runs by strategy, in seed order."""
     by_name: dict[str, list[dict[str, Any]]] = {}
     for run in sorted(runs, key=lambda r: (r["name"], r["seed"])):
         by_name.setdefault(run["name"], []).append(run)
@@ -194,7 +208,7 @@ def _group(runs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 def _cuts(group: list[dict[str, Any]], archs: int) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per budget: (best seen, picked arch's mean accuracy, archs evaluated), one entry per seed."""
     curves = [anytime(r, archs) for r in group]
-    points = {str(b): [b] * len(group) for b in BUDGETS if b <= archs}
+    points = {str(b): [b] * len(group) for b in sorted({b for b in BUDGETS if b <= archs} | {archs})}
     points["12000s"] = [within_time(r, TIME_BUDGET_S) for r in group]
     points["12000s_12epoch_estimate"] = [within_time(r, TIME_BUDGET_S, EPOCH_SCALE) for r in group]
     return {k: (np.array([c[0][n - 1] for c, n in zip(curves, ns, strict=True)]),
@@ -226,8 +240,10 @@ def summarize(runs: list[dict[str, Any]], best: float, archs: int = ARCHS) -> di
         entry = ENTRIES[name]
         summary[name] = {
             "strategy": entry.strategy, "overrides": entry.overrides, "batch": entry.batch, "seeds": len(group),
-            "budgets": budgets, "ask_tell_ms_per_arch": round(float(np.median([np.median(r["s"]) for r in group]))
-                                                              * 1000, 3),
+            "budgets": budgets,
+            "ask_tell_ms_per_arch": round(float(np.median([np.median(r["s"]) for r in group])) * 1000, 3),
+            "ask_tell_ms_per_arch_mean": round(float(np.mean([np.mean(r["s"]) for r in group])) * 1000, 3),
+            "run_seconds_median": round(float(np.median([r["run_s"] for r in group])), 3),
             "space_exhausted_runs": sum(r["exhausted"] is not None for r in group),
             "curve": _curve(np.array([anytime(r, archs)[0][np.array(at) - 1] for r in group]), at, 100.0, 3),
         }
@@ -245,14 +261,14 @@ def summarize_pareto(runs: list[dict[str, Any]], archs: int = ARCHS) -> dict[str
     at = [n for n in CURVE if n <= archs]
     hv = {name: np.array([hypervolumes(r, at) for r in group]) for name, group in _group(runs).items()}
     out = {}
-    for name, table in hv.items():
+    for name, values in hv.items():
         budgets: dict[str, Any] = {}
         for b in sorted({100, archs} & set(at)):
-            col = table[:, at.index(b)]
+            col = values[:, at.index(b)]
             budgets[str(b)] = {"hypervolume": _stats(col, 1.0, 4)}
             if name != "random" and "random" in hv:
                 budgets[str(b)]["p_vs_random"] = one_sided_p(col, hv["random"][:, at.index(b)])
-        out[name] = {"seeds": len(table), "budgets": budgets, "curve": _curve(table, at, 1.0, 4)}
+        out[name] = {"seeds": len(values), "budgets": budgets, "curve": _curve(values, at, 1.0, 4)}
     return out
 
 
@@ -269,82 +285,52 @@ def bar(summary: dict[str, Any]) -> dict[str, Any]:
             for name in BAR["strategies"] if name in summary for b in BAR["budgets"]
             if str(b) in summary[name]["budgets"]}
     complete = len(rows) == len(BAR["strategies"]) * len(BAR["budgets"])
-    return {"p_below": BAR["p"], "p_vs_random": rows,
+    return {"strategies": list(BAR["strategies"]), "budgets": list(BAR["budgets"]), "p_below": BAR["p"],
+            "p_vs_random": rows,
             "passed": complete and all(p < BAR["p"] for p in rows.values())}
 
 
-def run_all(names: list[str], seeds: int, mo_seeds: int, archs: int, jobs: int) -> list[dict[str, Any]]:
-    """Every (strategy, seed) run, single- and multi-objective, over `jobs` processes (slowest first)."""
+def run_all(names: list[str], seeds: int, mo_seeds: int, archs: int, jobs: int,
+            timeout_s: float = 3600.0) -> list[dict[str, Any]]:
+    """Every (strategy, seed) run, single- and multi-objective, over `jobs` processes (slowest first).
+
+    Raises:
+        TimeoutError: the runs took longer than `timeout_s` in all (the pool is stopped).
+    """
     order = {n: i for i, n in enumerate(("tpe", "nni_regularized_evolution", "nni_anneal", "rl", "nsga2"))}
     tasks = [(n, s, False, archs) for n in names for s in range(seeds)]
     tasks += [(n, s, True, archs) for n in ("nsga2", "random") for s in range(mo_seeds)]
     tasks.sort(key=lambda t: order.get(t[0], len(order)))
     if jobs <= 1:
         return [_task(t) for t in tasks]
+    deadline = time.monotonic() + timeout_s
     with multiprocessing.get_context("spawn").Pool(jobs, initializer=_init_worker) as pool:
-        return list(pool.imap_unordered(_task, tasks, chunksize=1))
+        results_ = pool.imap_unordered(_task, tasks, chunksize=1)
+        try:
+            return [results_.next(timeout=max(deadline - time.monotonic(), 0.0)) for _ in tasks]
+        except multiprocessing.TimeoutError:
+            raise TimeoutError(f"{len(tasks)} runs did not finish within {timeout_s:g} s; raise --timeout-s or "
+                               "lower --seeds") from None
 
 
-def plot(result: dict[str, Any], path: Path) -> None:
-    """Best validation accuracy against archs (mean +- std over seeds) per strategy, and hypervolume for nsga2."""
-    import matplotlib
+def sources(names: list[str]) -> dict[str, str]:
+    """sha256 (12 hex digits) of each benchmarked strategy's module and YAML, so stale figures can be told apart."""
+    from nas.config import ROOT
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5.2), dpi=110)
-    for name, row in result["single_objective"].items():
-        c = row["curve"]
-        mean, std = np.array(c["mean"]), np.array(c["std"])
-        style = {"lw": 2.2} if name in (*BAR["strategies"], "random") else {"lw": 1.0, "ls": "--"}
-        (line,) = left.plot(c["archs"], mean, label=f"{name} ({row['seeds']} seeds)", **style)
-        left.fill_between(c["archs"], mean - std, mean + std, color=line.get_color(), alpha=0.08)
-    left.axhline(result["space_best_accuracy"] * 100, color="0.3", lw=0.8, ls=":", label="space's best (mean)")
-    left.set(xlabel="distinct archs evaluated", ylabel="best validation accuracy seen (%)", ylim=(89.0, 91.9),
-             title="NAS-Bench-201 CIFAR-10: best accuracy vs archs (mean ± std)")
-    left.legend(fontsize=7, loc="lower right", ncol=2)
-    for name, row in result["multi_objective"]["strategies"].items():
-        c = row["curve"]
-        mean, std = np.array(c["mean"]), np.array(c["std"])
-        (line,) = right.plot(c["archs"], mean, lw=2, label=f"{name} ({row['seeds']} seeds)")
-        right.fill_between(c["archs"], mean - std, mean + std, color=line.get_color(), alpha=0.15)
-    ref = result["multi_objective"]["reference_point"]
-    right.set(xlabel="distinct archs evaluated", ylabel="hypervolume (accuracy x ms)",
-              title=f"pareto (accuracy max, latency_ms min), reference ({ref['accuracy']}, {ref['latency_ms']} ms)")
-    right.legend(fontsize=8, loc="lower right")
-    for ax in (left, right):
-        ax.title.set_fontsize(9)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    plt.close(fig)
-    tmp.replace(path)
-
-
-def table(result: dict[str, Any]) -> str:
-    """The results as Markdown: best accuracy seen (p against random) per budget, picked arch's regret, cost."""
-    keys = [k for k in (*map(str, BUDGETS), "12000s", "12000s_12epoch_estimate")
-            if k in next(iter(result["single_objective"].values()))["budgets"]]
-    last = [k for k in keys if k.isdigit()][-1]
-    lines = ["| strategy | " + " | ".join(keys) + f" | regret@{last} (pp) | ask+tell ms/arch |",
-             "|---" * (len(keys) + 3) + "|"]
-    for name, row in result["single_objective"].items():
-        cells = []
-        for k in keys:
-            b = row["budgets"][k]
-            p = f" (p={b['p_vs_random']:.1e})" if "p_vs_random" in b else ""
-            cells.append(f"{b['best'][0]:.2f} ± {b['best'][1]:.2f}{p}")
-        regret = row["budgets"][last]["regret"]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {regret[0]:.2f} ± {regret[1]:.2f} | "
-                                                          f"{row['ask_tell_ms_per_arch']:.2f} |")
-    return "\n".join(lines)
+    files = {f"{d}/{ENTRIES[n].strategy}.{ext}" for n in names for d, ext in (("nas/strategies", "py"),
+                                                                                ("strategies", "yaml"))}
+    files |= {"nas/strategies/dedup.py", "nas/evaluate/tabular.py"}
+    return {f: hashlib.sha256((ROOT / f).read_bytes()).hexdigest()[:12] for f in sorted(files)}
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> None:
+    """JSON with sorted keys, written to a temp file and renamed: a failed write leaves the old file whole."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+    try:
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,19 +342,29 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--jobs", type=int, default=2, help="processes [2]")
     parser.add_argument("--strategies", default=",".join(ENTRIES), help="comma-separated; random is always run")
     parser.add_argument("--out", type=Path, default=HERE / "out", help="output directory [benchmarks/out]")
+    parser.add_argument("--timeout-s", type=float, default=3600.0, help="limit on all runs together [3600]")
     args = parser.parse_args(argv)
     names = list(dict.fromkeys(["random", *args.strategies.split(",")]))
     unknown = [n for n in names if n not in ENTRIES]
     if unknown:
         parser.error(f"--strategies: unknown {', '.join(unknown)}; allowed: {', '.join(ENTRIES)}")
-    if args.seeds < 2 or args.mo_seeds not in (0, *range(2, 10**6)) or not 10 <= args.archs <= 15_625 or args.jobs < 1:
-        parser.error("--seeds must be >= 2, --mo-seeds 0 or >= 2, --archs in [10, 15625] and --jobs >= 1")
+    checks = {"--seeds": (args.seeds, "an integer >= 2", args.seeds >= 2),
+              "--mo-seeds": (args.mo_seeds, "0 or an integer >= 2", args.mo_seeds == 0 or args.mo_seeds >= 2),
+              "--archs": (args.archs, "an integer in [10, 15625]", 10 <= args.archs <= 15_625),
+              "--jobs": (args.jobs, "an integer >= 1", args.jobs >= 1),
+              "--timeout-s": (args.timeout_s, "a number of seconds > 0", args.timeout_s > 0)}
+    for flag, (value, allowed, ok) in checks.items():
+        if not ok:
+            parser.error(f"{flag}: {value} is out of range; allowed: {allowed}")
     skipped = {n: f"needs {NEEDS[n]}, which is not installed" for n in names
                if n in NEEDS and importlib.util.find_spec(NEEDS[n]) is None}
     names = [n for n in names if n not in skipped]
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = run_all(names, args.seeds, args.mo_seeds, args.archs, args.jobs)
+    try:
+        runs = run_all(names, args.seeds, args.mo_seeds, args.archs, args.jobs, args.timeout_s)
+    except TimeoutError as err:
+        sys.exit(f"strategies_nb201: {err}")
     wall = time.perf_counter() - start
     best = best_accuracy("cifar10")
     single = summarize([r for r in runs if not r["pareto"]], best, args.archs)
@@ -377,13 +373,13 @@ def main(argv: list[str] | None = None) -> None:
         "wall_seconds": round(wall, 1), "seeds": args.seeds, "archs_per_run": args.archs, "budgets": list(BUDGETS),
         "time_budget_s": TIME_BUDGET_S, "epoch_scale_of_estimate": EPOCH_SCALE, "dataset": "cifar10 (NB201 "
         "cifar10-valid: 200-epoch validation accuracy, one of the arch's training seeds drawn per trial)",
-        "space_best_accuracy": best, "units": "accuracy and regret in percent; [mean, std] over seeds",
+        "space_best_accuracy": round(best * 100, 4), "units": "accuracy and regret in percent; [mean, std] over seeds",
         "single_objective": single, "bar": bar(single), "skipped": skipped, "published": PUBLISHED,
         "multi_objective": {
             "objective": PARETO, "reference_point": dict(zip(PARETO, HV_REFERENCE, strict=True)),
             "space_front_hypervolume": round(space_front_hypervolume(), 4), "seeds": args.mo_seeds,
             "strategies": summarize_pareto([r for r in runs if r["pareto"]], args.archs) if args.mo_seeds else {}},
-        "machine": machine(),
+        "sources": sources(names), "machine": machine(),
     }
     _write_json(args.out / f"{NAME}.json", result)
     plot(result, args.out / f"{NAME}.png")

@@ -22,9 +22,13 @@ from nas.errors import UserError, shorten
 Choice = str | int
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), allow_nan=False)
+"""One encoder for every call: `json.dumps` with these options builds a new one each time."""
+
+
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and compact separators: the form that is hashed."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return _CANONICAL.encode(value)
 
 
 class Arch:
@@ -37,12 +41,23 @@ class Arch:
         object.__setattr__(self, "choices", MappingProxyType(dict(sorted(choices.items()))))
         object.__setattr__(self, "config", MappingProxyType(json.loads(canonical_json(dict(config)))))
 
+    @classmethod
+    def _checked(cls, space: str, choices: dict[str, Choice], config: Mapping[str, Any], text: str) -> Arch:
+        """An arch from parts its space has already checked: `choices` sorted by name, `config` read-only
+        canonical data shared by the space's archs, `text` the canonical JSON of the whole arch."""
+        arch = object.__new__(cls)
+        object.__setattr__(arch, "space", space)
+        object.__setattr__(arch, "choices", MappingProxyType(choices))
+        object.__setattr__(arch, "config", config)
+        arch.__dict__["_json"] = text
+        return arch
+
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Arch is immutable; use replace()")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-dict form, the same data as `to_json`."""
-        return {"space": self.space, "choices": dict(self.choices), "config": dict(self.config)}
+        return {"space": self.space, "choices": self.choices.copy(), "config": self.config.copy()}
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys, compact separators)."""

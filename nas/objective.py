@@ -22,14 +22,21 @@ import numpy as np
 from nas.config import Objective
 
 __all__ = [
-    "INFEASIBLE", "describe", "directions", "hypervolume", "metrics_read", "nondominated_ranks", "pareto_mask",
-    "reward", "score", "values", "violations",
+    "INFEASIBLE", "describe", "directions", "hypervolume", "metrics_read", "nondominated_ranks", "optimised_metrics",
+    "pareto_mask", "reward", "score", "values", "violations",
 ]
 
 INFEASIBLE = -1e9
 """Score offset of an arch that breaks a bound: below every feasible score."""
 
 _BOUNDS = (("latency_ms", "max_latency_ms"), ("params", "max_params"))
+
+
+def optimised_metrics(objective: Objective) -> tuple[str, ...]:
+    """The metrics the objective optimises (not the ones only bounded)."""
+    if objective.kind == "pareto":
+        return tuple(objective.metrics or {})
+    return (objective.metric,) if objective.metric is not None else ()
 
 
 def metrics_read(objective: Objective) -> tuple[str, ...]:

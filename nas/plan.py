@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from nas import objective as objectives
 from nas.config import Objective, RunConfig
 from nas.errors import UserError
 from nas.evaluate.base import EvaluatorSpec, build_evaluator, evaluator_class
@@ -62,8 +63,9 @@ def plan_search(config: RunConfig) -> SearchPlan:
     """Build and check everything `config` needs; writes nothing, starts nothing."""
     space = load_space(config.space, config.space_config)
     evaluator_cls = evaluator_class(config.evaluator)
-    objective = Objective(**{**config.objective.model_dump(),
-                             "metric": config.objective.metric or evaluator_cls.default_metric})
+    objective = config.objective
+    if objective.kind != "pareto" and objective.metric is None:  # the evaluator's default metric
+        objective = Objective(**{**objective.model_dump(), "metric": evaluator_cls.default_metric})
     read = metrics_read(objective)
     needs_table = evaluator_cls.needs_table or any(m in evaluator_cls.table_metrics for m in read)
     table = _find_table(config, space, needs_table)
@@ -90,11 +92,11 @@ def _check_objective(objective: Objective, evaluator: str, evaluator_cls: Any, h
     available = [m for m in evaluator_cls.metrics if has_table or m not in evaluator_cls.table_metrics]
     for metric in metrics_read(objective):
         if metric not in available:
-            flag = "--max-latency-ms" if metric == "latency_ms" and objective.max_latency_ms is not None else (
-                "--max-params" if metric == "params" and objective.max_params is not None else
-                "--metrics" if objective.kind == "pareto" else "--metric")
+            optimised = metric in objectives.optimised_metrics(objective)
+            flag = ("--metrics" if objective.kind == "pareto" else "--metric") if optimised else (
+                "--max-latency-ms" if metric == "latency_ms" else "--max-params")
             hint = "; it needs a latency table (--hardware)" if metric in evaluator_cls.table_metrics else ""
-            raise UserError(f"{flag}: evaluator {evaluator} does not measure {metric}{hint}; it measures "
+            raise UserError(f"{flag} {metric}: evaluator {evaluator} does not measure it{hint}; it measures "
                             f"{', '.join(sorted(available))}")
 
 

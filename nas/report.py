@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from nas.config import Objective
+from nas.objective import describe
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -46,7 +47,7 @@ def best_rows(result: Any) -> tuple[str, list[str], list[list[Any]]]:
         rows.append([position if r["feasible"] else "-", r["hash"][:12], "yes" if r["feasible"] else "no",
                      fmt(m.get("accuracy")), _bounded_cell(r, "latency_ms"), _bounded_cell(r, "params", 1e6),
                      fmt(m["macs"], 1e6)])
-    title = f"best architectures ({objective.mode} {objective.metric}{bounds_text(objective)})"
+    title = f"best architectures ({describe(objective)}{bounds_text(objective)})"
     return title, ["rank", "arch", "feasible", "accuracy", "latency ms", "params M", "MACs M"], rows
 
 
@@ -82,6 +83,8 @@ def search_summary(result: Any) -> list[str]:
     if result.n_failed:
         summary += f", {result.n_failed} failed (see trials.jsonl)"
     lines = [summary]
+    if getattr(result, "report", None) is not None:
+        lines.append(f"plots: {result.report} (nas report --run-dir {result.report.parent})")
     if result.table is not None:
         lines.append(f"latency (LUT): {result.table['path']} ({result.table['device_id']}, "
                      f"scale {result.table['scale']:.3g})")

@@ -34,17 +34,20 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from filelock import FileLock, Timeout
 
-from nas.arch import canonical_json
 from nas.errors import NasError, UserError, shorten
+from nas.run_json import encode_trial, state_json
 from nas.trial_log import HEX64, is_number, trial_problem
 from nas.trial_log import arch_hash as arch_hash  # re-exported: callers import it from here
+
+if TYPE_CHECKING:
+    from nas.arch import Arch
 
 _DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
 
@@ -335,12 +338,13 @@ class RunDir:
         """Append trial lines and fsync, so a finished trial survives a crash.
 
         Writes at the end of the last complete line (cutting off a torn one). If the write fails
-        partway, the file is cut back to that length, so nothing torn stays behind.
+        partway, the file is cut back to that length, so nothing torn stays behind. A record made by
+        `nas.run_json.trial_line` brings its line already encoded.
         """
         if self._good_length is None:
             self.read_trials()
         assert self._good_length is not None
-        data = "".join(canonical_json(r) + "\n" for r in records).encode()
+        data = "".join(encode_trial(r) + "\n" for r in records).encode()
         with open(self.trials_path, "r+b" if self.trials_path.exists() else "w+b") as handle:
             try:
                 handle.seek(self._good_length)
@@ -394,9 +398,13 @@ class RunDir:
                             f"state (an object); {fix}")
         return state
 
-    def write_state(self, state: dict[str, Any], n_recorded: int) -> None:
-        """Atomically save the strategy state and the number of trial lines it reflects."""
-        write_atomic(self.state_path, canonical_json({"n_recorded": n_recorded, "strategy": state}))
+    def write_state(self, state: dict[str, Any], n_recorded: int, pending: Sequence[Arch] = ()) -> None:
+        """Atomically save the strategy state and the number of trial lines it reflects.
+
+        `pending`: the archs of `state["pending"]` (the strategy's `pending()`), whose cached JSON is
+        used instead of encoding thousands of arch dicts again; checked to be those archs.
+        """
+        write_atomic(self.state_path, state_json({"n_recorded": n_recorded, "strategy": state}, pending))
 
     def write_best(self, best: list[dict[str, Any]]) -> None:
         """Write the best records (ranked by the caller)."""

@@ -1,53 +1,49 @@
-"""The Ray Tune bridge: runs a strategy's archs as Tune trials and keeps the run dir.
+"""`run_search`: one search in its run dir, its archs scored in this process or as Ray Tune trials.
 
 `run_search` checks the whole search (`nas.plan`), takes the run dir, checks it holds the
-same search, connects to the cluster and checks its resources, and only then writes the
-config. The strategy sits behind Tune's `Searcher` interface (`_StrategySearcher`), the one
-place that knows trial ids. Each Tune trial scores a batch of archs (one for `train`,
-thousands for `lut`, since a Tune trial costs about a second to schedule); an arch whose
-evaluation raises comes back as an error, not a failed trial, so it is retried and then
-recorded as failed (`nas.trials`). Every ask and every result is saved to the run dir
-before Tune sees it, so a search killed at any moment resumes. SIGINT and SIGTERM stop the
-search within seconds, with the run dir consistent, even when Ray hangs (`nas.interrupts`);
-the CLI exits 130 or 143. A resumed search keeps the latency table its run dir was priced
-with (`nas.resume`). Tune's own files live in a temp dir removed at the end (nothing resumes
-from them); a failure of Tune is one line, its traceback goes to the debug log (`--debug`).
+same search, and only then writes the config. An evaluator that is a table lookup (`lut`,
+`tabular`: `Evaluator.in_process`) scores its archs here, in the search process, when no
+cluster is asked for (no `--address`, no `--num-cpus`): Ray is neither started nor imported,
+and a batch is priced with arrays (`Evaluator.evaluate_many`). Every other search runs its
+archs as Ray Tune trials (`nas.tune_trials`) on a cluster whose resources are checked first.
+Both paths score a batch with the same `score_archs` and keep the run dir with the same
+`Search`: archs asked are saved before they are scored, results appended to the log before
+the strategy learns them, so a search killed at any moment resumes, and the same seed gives
+the same trial log either way. An arch whose evaluation raises comes back as an error, is
+retried and then recorded as failed (`nas.trials`). SIGINT and SIGTERM stop the search within
+seconds, with the run dir consistent, even when Ray hangs (`nas.interrupts`); the CLI exits
+130 or 143. A resumed search keeps the latency table its run dir was priced with (`nas.resume`).
 """
 
 from __future__ import annotations
 
-import errno
+import gc
 import logging
 import os
-import shutil
 import socket
-import tempfile
-import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ray import tune
-from ray.tune.search import Searcher
-
 from nas.arch import Arch
 from nas.config import Objective, RunConfig
-from nas.errors import NasError, UserError
-from nas.evaluate.base import EvaluatorSpec, build_evaluator
-from nas.interrupts import Interrupted, catching_signals
-from nas.interrupts import Signals as _Signals
+from nas.errors import NasError
+from nas.evaluate.base import Evaluator, build_evaluator, evaluator_class
+from nas.interrupts import Interrupted, Signals, catching_signals
 from nas.plan import SearchPlan, plan_search
 from nas.resume import plan_for_run_dir
-from nas.run_dir import DiskFullError, RunDir, is_running
+from nas.run_dir import RunDir
 from nas.space import SearchSpace
 from nas.trials import Progress, Search, rank
 
 log = logging.getLogger(__name__)
+_Signals = Signals  # the name the Tune bridge's tests import from here
 
-__all__ = ["Interrupted", "Progress", "SearchResult", "decode", "encode", "evaluate_trial", "run_search"]
+__all__ = ["Interrupted", "Progress", "SearchResult", "decode", "describe", "encode", "run_search", "runs_in_process",
+           "score_archs"]
 
 
 @dataclass(frozen=True)
@@ -61,6 +57,8 @@ class SearchResult:
     n_feasible: int
     exhausted: str | None
     table: dict[str, Any] | None
+    report: Path | None = None
+    """The folder of the run's report plots (`nas report`), or None if they could not be written."""
 
 
 def encode(space: SearchSpace, arch: Arch) -> list[int]:
@@ -73,107 +71,40 @@ def decode(space: SearchSpace, indices: list[int]) -> Arch:
     return space.make_arch({d.name: d.choices[i] for d, i in zip(space.decisions(), indices, strict=True)})
 
 
-_EVALUATORS: dict[str, Any] = {}
+def score_archs(evaluator: Evaluator, archs: Sequence[Arch]) -> list[dict[str, Any]]:
+    """One outcome per arch, `{"metrics": ...}` or `{"error": "Type: message"}`: what a Tune trial returns
+    and an in-process search records. An arch that fails does not fail its batch.
 
-
-def evaluate_trial(config: dict[str, Any]) -> dict[str, Any]:
-    """Tune trial entry point: score a batch of archs in this worker.
-
-    Returns one outcome per arch, `{"metrics": ...}` or `{"error": "Type: message"}`: an arch that
-    fails does not fail its batch, and the driver decides whether to retry it.
+    An in-process evaluator prices the batch at once (`evaluate_many`); should that raise, its archs
+    are scored one by one, so the error lands on the arch that caused it.
     """
-    import ray
-
-    results = []
-    try:
-        spec = EvaluatorSpec.model_validate(config["spec"])
-        key = spec.model_dump_json()
-        if key not in _EVALUATORS:
-            _EVALUATORS[key] = build_evaluator(spec)
-        evaluator = _EVALUATORS[key]
-    except Exception as err:  # the evaluator cannot be built here: every arch of the batch fails alike
-        results = [{"error": _describe(err)}] * len(config["archs"])
-    else:
-        for choices in config["archs"]:
-            try:
-                results.append({"metrics": evaluator.evaluate(decode(evaluator.space, choices))})
-            except Exception as err:  # any failure of one arch is recorded against that arch
-                log.debug("arch failed:\n%s", traceback.format_exc())
-                results.append({"error": _describe(err)})
-    node = ray.get_runtime_context().get_node_id()
-    return {"results": results, "node": node, "host": socket.gethostname(), "pid": os.getpid()}
+    if evaluator.in_process and len(archs) > 1:
+        try:
+            metrics = evaluator.evaluate_many(archs)
+            if len(metrics) == len(archs):
+                return [{"metrics": m} for m in metrics]
+            log.debug("evaluate_many gave %d metrics for %d archs; scoring them one by one", len(metrics), len(archs))
+        except Exception:  # any failure: find the arch it belongs to below
+            log.debug("a batch failed; scoring its archs one by one:\n%s", traceback.format_exc())
+    outcomes = []
+    for arch in archs:
+        try:
+            outcomes.append({"metrics": evaluator.evaluate(arch)})
+        except Exception as err:  # any failure of one arch is recorded against that arch
+            log.debug("arch failed:\n%s", traceback.format_exc())
+            outcomes.append({"error": describe(err)})
+    return outcomes
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
+    """An error as a trial line stores it: its type and the first line of its message, cut."""
     first = str(err).splitlines()[0] if str(err) else ""
     return f"{type(err).__name__}: {first}"[:500]
 
 
-_SEARCHES: dict[int, tuple[Search, _Signals]] = {}
-"""Live searches by id: Tune pickles its searcher and stopper, which must not carry the run dir's lock."""
-
-
-class _StrategySearcher(Searcher):
-    """Tune's view of the strategy: one suggestion is one batch of archs."""
-
-    def __init__(self, search: Search, signals: _Signals) -> None:
-        super().__init__(metric=None, mode=None)
-        self.search_id = id(search)
-        _SEARCHES[self.search_id] = (search, signals)
-        self.live: dict[str, list[Arch]] = {}
-
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-        search, signals = _SEARCHES[self.search_id]
-        if signals.signum is not None or search.stop_error is not None:
-            return Searcher.FINISHED
-        if search.should_stop:
-            # Archs still in flight may fail and need a retry: ask again once they are back.
-            return None if search.in_flight else Searcher.FINISHED
-        try:
-            archs = search.next_batch()
-        except Exception as err:  # a failed state write: stop cleanly, raise it after Tune is done
-            search.stop_error = err if isinstance(err, NasError) else NasError(f"asking for archs failed: {err}")
-            return Searcher.FINISHED
-        if not archs:
-            return Searcher.FINISHED
-        self.live[trial_id] = archs
-        space = search.plan.space
-        return {"spec": search.plan.spec.model_dump(mode="json"), "archs": [encode(space, a) for a in archs]}
-
-    def save(self, checkpoint_path: str) -> None:
-        """No-op: the run dir, not Tune, holds the strategy state."""
-
-    def restore(self, checkpoint_path: str) -> None:
-        """No-op: a search resumes from its run dir (see `Search`)."""
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        search, signals = _SEARCHES[self.search_id]
-        archs = self.live.pop(trial_id, None)
-        if archs is None:  # Tune may report a trial twice; the first report counted
-            return
-        try:
-            if result is not None and "results" in result:
-                search.record(archs, result)
-            elif signals.signum is not None or search.stop_error is not None:
-                search.in_flight -= len(archs)  # stopped on purpose: still pending, re-run on resume
-            else:
-                search.record_lost(archs, "the trial's Ray worker died (killed, or out of memory)")
-        except Exception as err:  # a full disk, say: stop the search, raise it when Tune is done
-            search.stop_error = err if isinstance(err, NasError) else NasError(f"recording results failed: {err}")
-
-
-class _StopAll(tune.Stopper):
-    """Stops every trial once the search was interrupted or must stop for an error."""
-
-    def __init__(self, search: Search) -> None:
-        self.search_id = id(search)
-
-    def __call__(self, trial_id: str, result: dict) -> bool:
-        return False
-
-    def stop_all(self) -> bool:
-        search, signals = _SEARCHES.get(self.search_id, (None, None))
-        return search is None or signals.signum is not None or search.stop_error is not None
+def runs_in_process(evaluator: str, address: str | None, num_cpus: int | None) -> bool:
+    """Whether a search scores its archs in this process: a table-lookup evaluator and no cluster asked for."""
+    return evaluator_class(evaluator).in_process and address is None and num_cpus is None
 
 
 def run_search(
@@ -184,14 +115,16 @@ def run_search(
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
 ) -> SearchResult:
-    """Run (or resume) a search in `run_dir` on a Ray cluster; returns its best archs.
+    """Run (or resume) a search in `run_dir`; returns its best archs.
 
     Args:
         config: the search.
         run_dir: its directory; re-running the same config there resumes it.
-        address: a Ray cluster to join (`auto`, `host:port`); None starts a private local one.
-        num_cpus: CPUs of the local cluster (None: all of this machine's).
-        progress: called after each finished trial.
+        address: a Ray cluster to join (`auto`, `host:port`); None starts a private local one, or none
+            at all for an in-process evaluator (`runs_in_process`).
+        num_cpus: CPUs of the local cluster (None: all of this machine's); given, the archs run as
+            Ray Tune trials on it even for an in-process evaluator.
+        progress: called after each finished batch.
         notify: called with a line for the user before the search runs (the latency table and its
             scale, a warning when this host runs at another speed than the table's).
 
@@ -200,28 +133,76 @@ def run_search(
         Interrupted: SIGINT or SIGTERM; a re-run resumes.
         NasError: a search that cannot go on (every trial failed, the disk is full, ...).
     """
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # ours stops the search and says how to resume
     with catching_signals() as signals:
         plan = plan_search(config)
         signals.check()
         with RunDir(run_dir) as rd:
             plan = plan_for_run_dir(rd, plan, notify)
             search = Search(plan, rd, progress)
-            with ExitStack() as cluster:  # torn down before the result is written, on every way out
-                concurrency = 0
-                if not search.is_done:
-                    concurrency = cluster.enter_context(_cluster(address, num_cpus, config.cpus_per_trial))
-                    if notify is not None:
-                        _announce_table(plan, notify)
-                    signals.check()
-                rd.write_config(plan.stored_config())
-                search.start()
-                if not search.is_done:
-                    _run_tune(search, signals, concurrency)
+            if runs_in_process(config.evaluator, address, num_cpus):
+                _search_in_process(search, signals, notify)
+            else:
+                _search_on_ray(search, signals, address, num_cpus, notify)
             signals.check()
             return _finish(search, rd)
+
+
+def _search_on_ray(search: Search, signals: Signals, address: str | None, num_cpus: int | None,
+                   notify: Callable[[str], None] | None) -> None:
+    from nas import tune_trials  # only here: Ray Tune takes seconds to import
+
+    with ExitStack() as cluster:  # torn down before the result is written, on every way out
+        concurrency = 0
+        if not search.is_done:
+            concurrency = cluster.enter_context(tune_trials.cluster(address, num_cpus, search.config.cpus_per_trial))
+            if notify is not None:
+                _announce_table(search.plan, notify)
+            signals.check()
+        search.run_dir.write_config(search.plan.stored_config())
+        search.start()
+        if not search.is_done:
+            tune_trials.run_tune(search, signals, concurrency)
+
+
+def _search_in_process(search: Search, signals: Signals, notify: Callable[[str], None] | None) -> None:
+    """Ask, score and record batch after batch in this process until the search stops; a signal stops it
+    between batches, a failed write with `search.stop_error` as on Ray. The state is saved once a batch,
+    by the ask that follows each record (`Search.record`), and once at the end."""
+    evaluator = None
+    if not search.is_done:
+        evaluator = build_evaluator(search.plan.spec)  # as a Tune worker builds it, before anything is written
+        if notify is not None:
+            _announce_table(search.plan, notify)
+        signals.check()
+    search.run_dir.write_config(search.plan.stored_config())
+    search.start()
+    where = {"node": None, "host": socket.gethostname(), "pid": os.getpid()}
+    with _no_cyclic_gc():
+        while not search.should_stop and signals.signum is None:
+            try:
+                archs = search.next_batch()
+                if not archs:
+                    break
+                assert evaluator is not None
+                search.record(archs, {"results": score_archs(evaluator, archs), **where}, save_state=False)
+            except Exception as err:  # a full disk, say: stop, and raise it as the Tune path does
+                search.stop_error = err if isinstance(err, NasError) else NasError(f"the search failed: {err}")
+                return
+    search.save_state()
+
+
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Python's cycle collector off while the block runs: it would scan the search's trial records (a few
+    dicts per arch, hundreds of thousands) again and again, a third of the loop's time, and the loop makes
+    no reference cycles worth collecting before it ends (refcounting frees everything else)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
 
 
 def _finish(search: Search, rd: RunDir) -> SearchResult:
@@ -235,11 +216,24 @@ def _finish(search: Search, rd: RunDir) -> SearchResult:
     best = rank(search.records, plan.objective)
     rd.write_best(best)
     return SearchResult(
-        best=best, objective=plan.objective, n_archs=len(search.records),
-        n_failed=sum(r.get("status") == "failed" for r in search.records),
+        best=best, objective=plan.objective, n_archs=len(search.records), n_failed=search.n_failed,
         n_feasible=sum(bool(r.get("feasible")) for r in search.records),
-        exhausted=search.exhausted, table=plan.table_record,
+        exhausted=search.exhausted, table=plan.table_record, report=_write_report(rd, search.records),
     )
+
+
+def _write_report(rd: RunDir, records: list[dict[str, Any]]) -> Path | None:
+    """The plots of `nas report`, written at the end of every search; a failure to draw them is a warning,
+    since the search itself is complete (`nas report` draws them again)."""
+    from nas.run_report import write_search_report
+
+    try:
+        write_search_report(rd.path, records)
+    except (NasError, OSError) as err:
+        log.warning("the search is complete, but its report was not written (%s); run `nas report --run-dir %s`",
+                    str(err).splitlines()[0] if str(err) else type(err).__name__, rd.path)
+        return None
+    return rd.path / "report"
 
 
 def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
@@ -256,136 +250,10 @@ def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
         notify(f"warning: {warning}")
 
 
-@contextmanager
-def _cluster(address: str | None, num_cpus: int | None, cpus_per_trial: float) -> Iterator[int]:
-    """Join or start the cluster, shut down on the way out; yields the number of trials that can run at once."""
-    from nas.cluster import check_resources, connected
+def __getattr__(name: str) -> Any:
+    """The Ray Tune bridge moved to `nas.tune_trials` (imported on first use: it imports Ray)."""
+    if name in ("evaluate_trial", "_StrategySearcher"):
+        from nas import tune_trials
 
-    if address is None:  # a local cluster's CPUs are known before it starts
-        cpus = num_cpus or os.cpu_count() or 1
-        if cpus_per_trial > cpus:
-            raise UserError(f"--cpus-per-trial {cpus_per_trial:g}: more than the local cluster has ({cpus} CPUs); "
-                            f"give at most {cpus}")
-    with connected(address, num_cpus):
-        yield check_resources(cpus_per_trial)
-
-
-def _run_tune(search: Search, signals: _Signals, concurrency: int) -> None:
-    # Trial results travel back in memory; Tune's result files are off, so its end-of-run
-    # metrics fetch has nothing to read and would warn about every trial. Trials that did not
-    # complete (a killed worker) are retried and reported by `Search`, not by Tune's log line.
-    logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
-    logging.getLogger("ray.tune.tune").setLevel(logging.CRITICAL)
-    start = time.perf_counter()
-    with _tune_storage() as storage, _tune_errors_to_debug_log(search, storage.parent):
-        try:
-            tune.Tuner(
-                tune.with_resources(evaluate_trial, {"cpu": search.config.cpus_per_trial}),
-                tune_config=tune.TuneConfig(
-                    search_alg=_StrategySearcher(search, signals), num_samples=-1,
-                    max_concurrent_trials=concurrency, reuse_actors=True,
-                    trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
-                ),
-                run_config=tune.RunConfig(
-                    name="search", storage_path=str(storage), verbose=0, stop=_StopAll(search),
-                    # A trial fails only when its worker dies (an arch that raises comes back as an
-                    # error): `Search` counts the attempt and retries its archs itself.
-                    failure_config=tune.FailureConfig(max_failures=0),
-                ),
-            ).fit()
-        except Exception as err:  # Tune's own failure: every result was saved before Tune saw it
-            log.info("Ray Tune failed:\n%s", traceback.format_exc())
-            if search.stop_error is None and signals.signum is None:
-                search.stop_error = _tune_failure(err, storage.parent)
-        finally:
-            _SEARCHES.pop(id(search), None)
-    log.info("Ray Tune ran %.1f s", time.perf_counter() - start)
-
-
-_TUNE_PREFIX = "nas-tune-"
-
-
-@contextmanager
-def _tune_storage() -> Iterator[Path]:
-    """A temp dir for Ray Tune's own files (experiment state, trial dirs), removed at the end.
-
-    Nothing resumes from them (the run dir holds every result and the strategy state), so they
-    stay out of the run dir, next to the files Ray itself keeps in the temp dir. The name holds
-    this process's pid: one a killed search left behind is removed by the next search here.
-    """
-    root = Path(tempfile.gettempdir())
-    for stale in root.glob(f"{_TUNE_PREFIX}*-*"):
-        pid = stale.name[len(_TUNE_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not is_running(int(pid)) and stale.is_dir() and not stale.is_symlink():
-            shutil.rmtree(stale, ignore_errors=True)
-    try:
-        path = Path(tempfile.mkdtemp(prefix=f"{_TUNE_PREFIX}{os.getpid()}-", dir=root))
-    except OSError as err:
-        raise _tune_failure(err, root) from None
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _tune_failure(err: BaseException, where: Path, message: str = "") -> NasError:
-    """One line for a failure of Ray Tune (`err`, or a log `message` that tells it); a full disk says
-    where to free space."""
-    full = _disk_full_text(err) or _disk_full_text(Exception(message))
-    if full is not None:
-        return DiskFullError(f"disk full under {where} (Ray Tune's temp files: {full}); free space and re-run "
-                             "the same command to resume")
-    return NasError(f"Ray Tune failed ({_describe(err)}); re-run the same command to resume")
-
-
-_DISK_FULL = {errno.ENOSPC: "No space left on device", errno.EDQUOT: "Disk quota exceeded"}
-
-
-def _disk_full_text(err: BaseException | None) -> str | None:
-    """The reason if `err` or an exception it came from says the disk (or a quota) is full."""
-    seen: list[BaseException] = []
-    while err is not None and err not in seen:
-        seen.append(err)
-        if isinstance(err, OSError) and err.errno in _DISK_FULL:
-            return _DISK_FULL[err.errno]
-        reasons = [reason for reason in _DISK_FULL.values() if reason in str(err)]
-        if reasons:
-            return reasons[0]
-        err = err.__cause__ or err.__context__
-    return None
-
-
-class _TuneErrors(logging.Filter):
-    """On Ray's terminal handlers while Tune runs: Tune's errors (and warnings that carry a
-    traceback, like a failed sync of its files) go to the debug log instead, and one that says the
-    disk is full stops the search (Tune would log it and go on writing)."""
-
-    def __init__(self, search: Search, where: Path) -> None:
-        super().__init__()
-        self.search, self.where = search, where
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if not record.name.startswith(("ray.tune", "ray.train", "ray.air")) or record.levelno < logging.WARNING:
-            return True
-        message = record.getMessage()
-        if record.levelno < logging.ERROR and not record.exc_info and "Traceback (most recent call" not in message:
-            return True
-        log.info("Ray Tune: %s", message, exc_info=record.exc_info)
-        error = record.exc_info[1] if record.exc_info and record.exc_info[1] else Exception(message)
-        failure = _tune_failure(error, self.where, message)
-        if self.search.stop_error is None and isinstance(failure, DiskFullError):
-            self.search.stop_error = failure
-        return False
-
-
-@contextmanager
-def _tune_errors_to_debug_log(search: Search, where: Path) -> Iterator[None]:
-    handlers = logging.getLogger("ray").handlers
-    errors = _TuneErrors(search, where)
-    for handler in handlers:
-        handler.addFilter(errors)
-    try:
-        yield
-    finally:
-        for handler in handlers:
-            handler.removeFilter(errors)
+        return getattr(tune_trials, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
@@ -94,6 +95,13 @@ class SearchSpace(ABC):
         self._preset_specs = dict(presets or {})
         self._decisions = {d.name: d for d in self.decisions()}
         self._unit_costs: dict[str, tuple[int, int]] = {}
+        self._mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
+        # The canonical JSON of an arch, in pieces: each (decision, choice) pair encoded once, in name order.
+        self._encoded = {name: {c: (type(c), f"{canonical_json(name)}:{canonical_json(c)}") for c in d.choices}
+                         for name, d in sorted(self._decisions.items())}
+        self.arch_config = MappingProxyType(self._config_dump)
+        """The read-only config of the archs this space makes, one object shared by all of them."""
+        self._json_tail = f'}},"config":{canonical_json(self._config_dump)},"space":{canonical_json(self.name)}}}'
 
     # -- what a space must define -------------------------------------------------
     @abstractmethod
@@ -143,11 +151,29 @@ class SearchSpace(ABC):
         """(params, MACs) of the unit `key`, counted once from its built module and cached."""
         cached = self._unit_costs.get(key)
         if cached is None:
-            from nas.evaluate.metrics import count_macs, count_params
-
-            unit = self.unit(key)
-            cached = self._unit_costs[key] = (count_params(unit.module), count_macs(unit.module, unit.input_shape))
+            self.count_units([key])
+            cached = self._unit_costs[key]
         return cached
+
+    def count_units(self, keys: Sequence[str]) -> None:
+        """Count and cache the params and MACs of the units `keys` not counted yet, on one torch thread: a
+        unit's forward pass at batch 1 is tiny, and more threads only wait on each other (tenfold the time
+        on a busy 2-core machine)."""
+        keys = [k for k in dict.fromkeys(keys) if k not in self._unit_costs]
+        if not keys:
+            return
+        import torch
+
+        from nas.evaluate.metrics import count_macs, count_params
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for key in keys:
+                unit = self.unit(key)
+                self._unit_costs[key] = (count_params(unit.module), count_macs(unit.module, unit.input_shape))
+        finally:
+            torch.set_num_threads(threads)
 
     def cost(self, arch: Arch) -> dict[str, int]:
         """Params and MACs of `arch` as the sum over its timed units (equal to the whole built network)."""
@@ -155,12 +181,41 @@ class SearchSpace(ABC):
 
     def cost_of_keys(self, keys: list[str]) -> dict[str, int]:
         """Params and MACs summed over the units `keys`."""
+        self.count_units(keys)
         costs = [self.unit_cost(k) for k in keys]
         return {"params": sum(c[0] for c in costs), "macs": sum(c[1] for c in costs)}
 
     # -- archs --------------------------------------------------------------------
     def make_arch(self, choices: Mapping[str, Choice]) -> Arch:
         """A validated `Arch` of this space and config."""
+        encoded = self._encoded
+        if len(choices) == len(encoded):  # the common case, checked fast: every decision has an allowed choice
+            ordered, parts = {}, []
+            try:
+                for name, table in encoded.items():
+                    value = choices[name]
+                    kind, text = table[value]
+                    if type(value) is not kind:
+                        break
+                    ordered[name] = value
+                    parts.append(text)
+                else:
+                    self.check(choices)
+                    return Arch._checked(self.name, ordered, self.arch_config,
+                                         '{"choices":{' + ",".join(parts) + self._json_tail)
+            except (KeyError, TypeError):  # a missing decision, an unknown or unhashable choice: said below
+                pass
+        return self._make_arch_slowly(choices)
+
+    def _make_known(self, choices: dict[str, Choice]) -> Arch:
+        """`make_arch` of choices known to be allowed ones, in name order: only the space's rules are checked."""
+        self.check(choices)
+        text = ",".join([table[value][1] for table, value in zip(self._encoded.values(), choices.values(),
+                                                                  strict=True)])
+        return Arch._checked(self.name, choices, self.arch_config, '{"choices":{' + text + self._json_tail)
+
+    def _make_arch_slowly(self, choices: Mapping[str, Choice]) -> Arch:
+        """`make_arch` for any input: the `UserError` of what is wrong, else the arch."""
         unknown = sorted(set(choices) - set(self._decisions))
         if unknown:
             raise UserError(
@@ -194,14 +249,18 @@ class SearchSpace(ABC):
 
     def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
         """`arch` with one random decision changed to a different choice, redrawn until it passes `check`."""
-        mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
+        mutable, choices = self._mutable, arch.choices
 
         def propose() -> dict[str, Choice]:
             decision = mutable[rng.integers(len(mutable))]
-            others = [c for c in decision.choices if c != arch.choices[decision.name]]
-            return {**arch.choices, decision.name: others[rng.integers(len(others))]}
+            current = choices[decision.name]
+            others = [c for c in decision.choices if c != current]
+            proposal = choices.copy()
+            proposal[decision.name] = others[rng.integers(len(others))]
+            return proposal
 
-        return self._first_valid(propose, "mutate")
+        # An arch this space made holds allowed choices only, in name order, as does each proposal from it.
+        return self._first_valid(propose, "mutate", known=arch.config is self.arch_config)
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover (each decision from `a` or `b` with equal chance), redrawn until it passes `check`."""
@@ -213,11 +272,15 @@ class SearchSpace(ABC):
 
         return self._first_valid(propose, "crossover")
 
-    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str) -> Arch:
-        """The first of up to `max_draws` proposals that passes `check` (every one, in a space without rules)."""
+    def _first_valid(self, propose: Callable[[], dict[str, Choice]], what: str, known: bool = False) -> Arch:
+        """The first of up to `max_draws` proposals that passes `check` (every one, in a space without rules).
+
+        `known`: every proposal holds allowed choices only, in name order, so only `check` is left to do.
+        """
+        make = self._make_known if known else self.make_arch
         for _ in range(self.max_draws):
             try:
-                return self.make_arch(propose())
+                return make(propose())
             except UserError:
                 continue
         raise NasError(f"{self.name}: {what} found no arch that passes the space's rules in {self.max_draws} draws")

@@ -48,10 +48,14 @@ def clean_metrics(metrics: Any) -> dict[str, int | float | None]:
         raise ValueError(f"metrics are {shorten(metrics)}; allowed: a mapping of metric names to numbers")
     clean: dict[str, int | float | None] = {}
     for name, value in metrics.items():
-        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-            value = int(value)  # numpy integers as plain ints
-        elif isinstance(value, numbers.Real) and not isinstance(value, bool):
-            value = float(value) if math.isfinite(value) else None
+        kind = type(value)  # plain floats and ints first: an evaluator's usual output, checked fast
+        if kind is float:
+            value = value if math.isfinite(value) else None
+        elif kind is not int:
+            if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+                value = int(value)  # numpy integers as plain ints
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                value = float(value) if math.isfinite(value) else None
         problem = _metric_problem(name, value)
         if problem:
             raise ValueError(problem)
@@ -60,6 +64,10 @@ def clean_metrics(metrics: Any) -> dict[str, int | float | None]:
 
 
 def _metric_problem(name: Any, value: Any) -> str | None:
+    kind = type(value)
+    if type(name) is str and 0 < len(name) <= 100 and (
+            value is None or kind is float and math.isfinite(value) or kind is int and -_MAX_INT < value < _MAX_INT):
+        return None  # the usual case, checked fast
     if not isinstance(name, str) or not 0 < len(name) <= 100:
         return f"metric name {shorten(name)} is not allowed; allowed: a name of 1 to 100 characters"
     if value is not None and not is_number(value):

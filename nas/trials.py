@@ -25,11 +25,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
+
 from nas.arch import Arch, canonical_json
 from nas.errors import NasError, UserError, shorten
-from nas.objective import score, violations
+from nas.objective import directions, pareto_mask, score, values, violations
 from nas.plan import SearchPlan
 from nas.run_dir import RunDir
+from nas.run_json import TrialLine, trial_line
 from nas.strategies.dedup import SpaceExhausted
 from nas.trial_log import ERROR_CHARS, clean_metrics, is_number
 
@@ -51,6 +54,7 @@ class Search:
     """One search in one run dir: strategy, budget, in-flight and failed archs, trial records.
 
     Building it reads and checks the run dir and writes nothing; `start` saves the restored state.
+    `best` (the best feasible record so far) and `n_failed` follow the records as they come.
     """
 
     def __init__(self, plan: SearchPlan, run_dir: RunDir, progress: Progress | None = None,
@@ -63,7 +67,10 @@ class Search:
         self.strategy = plan.new_strategy(run_dir.path / "strategy")
         self._space_check: tuple[dict[str, Any], dict[str, set[tuple[type, Any]]]] | None = None
         self.records = run_dir.read_trials()
+        self._needed = self._needed_metrics()
         self._restore(run_dir.read_state())
+        self.n_failed = sum(r["status"] == "failed" for r in self.records)
+        self.best = best_feasible(self.records)
         self.retry: list[Arch] = self.strategy.pending()
         self.in_flight = 0
         self.attempts: Counter[str] = Counter()
@@ -140,28 +147,42 @@ class Search:
             return f"arch breaks a rule of its space ({str(err)[:200]})"
         return None
 
+    def _needed_metrics(self) -> tuple[str, ...]:
+        """The metrics every arch must have a number for: params, MACs, the objective's and the bounded ones."""
+        objective = self.plan.objective
+        needed = ["params", "macs", getattr(objective, "metric", None),
+                  *(m for m, field in _BOUND_METRICS if getattr(objective, field, None) is not None)]
+        return tuple(dict.fromkeys(n for n in needed if n))
+
     def metrics_problem(self, metrics: dict[str, Any]) -> str | None:
         """Why the metrics of an evaluated arch (`clean_metrics` passed) cannot be used by this search, or None.
 
         Every evaluator reports params and MACs; the objective's metric and bounded metrics must be
         numbers; a metric of known range must lie in it; the objective must score them finitely.
         """
-        objective = self.plan.objective
-        needed = ["params", "macs", getattr(objective, "metric", None),
-                  *(m for m, field in _BOUND_METRICS if getattr(objective, field, None) is not None)]
-        for name in dict.fromkeys(n for n in needed if n):
+        return self._judge(metrics)[0]
+
+    def _judge(self, metrics: dict[str, Any]) -> tuple[str | None, float, bool]:
+        """(`metrics_problem`, the objective's score, whether the metrics keep every bound)."""
+        for name in self._needed:
             if metrics.get(name) is None:
-                return f"metrics.{name} is {'null' if name in metrics else 'missing'}; the search needs its value"
+                return f"metrics.{name} is {'null' if name in metrics else 'missing'}; the search needs its value", \
+                    math.nan, False
         for name, (low, high) in _RANGES.items():
             value = metrics.get(name)
-            if value is not None and (not low <= value <= high or name in _COUNTS and not isinstance(value, int)):
+            if value is not None and (not low <= value <= high or name in _COUNTS and type(value) is not int):
                 kind = "an integer" if name in _COUNTS else "a number"
-                return f"metrics.{name} is {shorten(value)}; allowed: {kind} from {low:g} to {high:g}"
+                return f"metrics.{name} is {shorten(value)}; allowed: {kind} from {low:g} to {high:g}", math.nan, False
+        objective = self.plan.objective
         try:
             value = score(objective, metrics)
+            feasible = not violations(objective, metrics)
         except (ArithmeticError, KeyError, TypeError, ValueError, UserError) as err:
-            return f"the objective cannot score these metrics ({type(err).__name__}: {str(err)[:120]})"
-        return None if is_number(value) else f"the objective scores these metrics {shorten(value)}, not a number"
+            return f"the objective cannot score these metrics ({type(err).__name__}: {str(err)[:120]})", math.nan, \
+                False
+        if not is_number(value):
+            return f"the objective scores these metrics {shorten(value)}, not a number", math.nan, False
+        return None, value, feasible
 
     def _load_strategy(self, state: dict[str, Any]) -> None:
         """Load the saved strategy state, its counters checked first (the strategy checks its own keys)."""
@@ -206,9 +227,9 @@ class Search:
 
     def start(self) -> None:
         """Save the restored state (it now reflects every trial line)."""
-        self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
+        self.save_state()
         if self.progress:
-            self.progress(len(self.records), self.config.trials, best_feasible(self.records))
+            self.progress(len(self.records), self.config.trials, self.best)
 
     # -- budget -----------------------------------------------------------------------
     @property
@@ -238,59 +259,80 @@ class Search:
                 archs = self.strategy.ask(min(self.plan.batch, self.remaining))
             except SpaceExhausted as err:
                 self.exhausted, archs = str(err), err.archs
-            self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
+            self.save_state()
         self.in_flight += len(archs)
         return archs
 
     # -- results ----------------------------------------------------------------------
-    def record(self, archs: list[Arch], result: dict[str, Any]) -> None:
+    def save_state(self) -> None:
+        """Save the strategy state and the number of trial lines it reflects."""
+        self.run_dir.write_state(self.strategy.state_dict(), len(self.records), self.strategy.pending())
+
+    def record(self, archs: list[Arch], result: dict[str, Any], save_state: bool = True) -> None:
         """Append the finished archs to the log, then tell the strategy and save its state.
 
         The log comes first: if the append fails, the strategy has learnt nothing and the archs stay
         in flight in every state saved later, so a resume runs them again; a tell before a failed
-        append would let a later save drop them for good.
+        append would let a later save drop them for good. A caller that asks for the next batch at
+        once may leave the save to that ask (`save_state=False`, then `save_state()` when it stops):
+        until then the last saved state has every appended arch in flight, and a resume tells them.
         """
-        now = datetime.now(UTC).isoformat(timespec="seconds")
-        lines, told = [], []
+        where = {"node": result["node"], "host": result["host"], "pid": result["pid"],
+                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        lines: list[TrialLine] = []
+        told: list[tuple[Arch, dict[str, Any] | None]] = []
         self.in_flight -= len(archs)
         for arch, outcome in zip(archs, result["results"], strict=True):
-            line = {"trial": len(self.records) + len(lines), "arch": arch.to_dict(), "hash": arch.hash,
-                    "node": result["node"], "host": result["host"], "pid": result["pid"], "finished_at": now}
-            metrics, error = self._outcome(outcome)
-            if error is not None:
-                if not self._failed_for_good(arch, error):
-                    continue
-                lines.append({**line, "status": "failed", "error": error, "metrics": {}, "score": None})
+            metrics, error, value, feasible = self._outcome(outcome)
+            trial = len(self.records) + len(lines)
+            if error is None:
+                fields = {"feasible": feasible, **where, "hash": arch.hash, "metrics": metrics, "score": value,
+                          "status": "ok", "trial": trial}
+            elif self._failed_for_good(arch, error):
+                fields = {"error": error, **where, "hash": arch.hash, "metrics": {}, "score": None,
+                          "status": "failed", "trial": trial}
             else:
-                feasible = not violations(self.plan.objective, metrics)
-                lines.append({**line, "status": "ok", "metrics": metrics, "score": score(self.plan.objective, metrics),
-                              "feasible": feasible})
+                continue
+            lines.append(trial_line(arch, fields))
             told.append((arch, metrics if error is None else None))
         if lines:
             self.run_dir.append_trials(lines)
-            self.records.extend(lines)
+            self._add(lines)
             for arch, metrics in told:
                 if metrics is None:
                     self.strategy.forget(arch)
                 else:
                     self.strategy.tell(arch, metrics)
-            self.run_dir.write_state(self.strategy.state_dict(), len(self.records))
+            if save_state:
+                self.save_state()
         self._check_all_failing()
         if self.progress:
-            self.progress(len(self.records), self.config.trials, best_feasible(self.records))
+            self.progress(len(self.records), self.config.trials, self.best)
 
-    def _outcome(self, outcome: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
-        """An arch's metrics as a trial line stores them, or the error it failed with (cut to fit its line)."""
+    def _add(self, lines: list[TrialLine]) -> None:
+        """Keep appended lines, the count of failed ones and the best feasible one (the first of equal scores)."""
+        self.records.extend(lines)
+        best = self.best
+        for line in lines:
+            if line["status"] == "failed":
+                self.n_failed += 1
+            elif line["feasible"] and (best is None or line["score"] > best["score"]):
+                best = line
+        self.best = best
+
+    def _outcome(self, outcome: dict[str, Any]) -> tuple[dict[str, Any], str | None, float, bool]:
+        """(metrics as a trial line stores them, None, score, feasible), or ({}, the error the arch failed with,
+        cut to fit its line, NaN, False)."""
         if "error" in outcome:
-            return {}, str(outcome["error"])[:ERROR_CHARS]
+            return {}, str(outcome["error"])[:ERROR_CHARS], math.nan, False
         try:
             metrics = clean_metrics(outcome.get("metrics"))
         except ValueError as err:
-            return {}, f"ValueError: the evaluator returned bad metrics: {err}"[:ERROR_CHARS]
-        problem = self.metrics_problem(metrics)
+            return {}, f"ValueError: the evaluator returned bad metrics: {err}"[:ERROR_CHARS], math.nan, False
+        problem, value, feasible = self._judge(metrics)
         if problem:
-            return {}, f"ValueError: the evaluator returned bad metrics: {problem}"[:ERROR_CHARS]
-        return metrics, None
+            return {}, f"ValueError: the evaluator returned bad metrics: {problem}"[:ERROR_CHARS], math.nan, False
+        return metrics, None, value, feasible
 
     def record_lost(self, archs: list[Arch], reason: str) -> None:
         """A trial died without results (its worker was killed): each of its archs used one attempt."""
@@ -309,7 +351,7 @@ class Search:
         return False
 
     def _check_all_failing(self) -> None:
-        failed = sum(r.get("status") == "failed" for r in self.records)
+        failed = self.n_failed
         if failed >= self.failure_limit and failed == len(self.records):
             self.stop_error = NasError(
                 f"every trial failed ({failed} archs, {self.failure_limit} attempts each); first error: "
@@ -324,11 +366,13 @@ def best_feasible(records: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def rank(records: list[dict[str, Any]], objective: Any, top: int = 10) -> list[dict[str, Any]]:
-    """The `top` evaluated archs, each once: feasible ones by score, then the rest by score.
+    """The best evaluated archs, each once, feasible ones first.
 
+    A scalar objective gives the `top` by score; a `pareto` objective gives its whole non-dominated
+    set of feasible archs (by the first metric), or the `top` nearest the bounds when none is feasible.
     Each returned record carries `feasible` and `violations` (metric -> [value, bound]).
     """
-    seen, ranked = set(), []
+    seen, ranked, n_feasible = set(), [], 0
     for record in sorted((r for r in records if r.get("status", "ok") == "ok"),
                          key=lambda r: r["score"], reverse=True):
         if record["hash"] in seen:
@@ -336,5 +380,12 @@ def rank(records: list[dict[str, Any]], objective: Any, top: int = 10) -> list[d
         seen.add(record["hash"])
         broken = violations(objective, record["metrics"])
         ranked.append({**record, "feasible": not broken, "violations": broken})
+        n_feasible += not broken
+        if n_feasible >= top and objective.kind != "pareto":  # the rest ranks below these
+            break
     ranked.sort(key=lambda r: not r["feasible"])  # stable: score order within each group
+    feasible = [r for r in ranked if r["feasible"]]
+    if objective.kind == "pareto" and feasible:
+        points = np.array([values(objective, r["metrics"]) for r in feasible])
+        return [r for r, front in zip(feasible, pareto_mask(points, directions(objective)), strict=True) if front]
     return ranked[:top]

@@ -1,5 +1,5 @@
-"""The runner on a real local Ray cluster: budgets, the trial log, improvement, resume (with the
-latency table the run dir was priced with); Tune's own files in a temp dir, its failures one line."""
+"""The runner, in process and on a real local Ray cluster: budgets, the trial log, improvement, resume (with
+the latency table the run dir was priced with); Tune's own files in a temp dir, its failures one line."""
 
 from __future__ import annotations
 
@@ -30,9 +30,15 @@ def _lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
 
 
-def test_lut_search_logs_every_arch_and_improves(ray_local, lut_path: Path, tmp_path: Path) -> None:
+_PATHS = pytest.mark.parametrize("num_cpus", [None, 2], ids=["in_process", "ray_tune"])
+"""`num_cpus` None scores a lut search in process; 2 runs its archs as Ray Tune trials on the test's cluster."""
+
+
+@_PATHS
+def test_lut_search_logs_every_arch_and_improves(ray_local, lut_path: Path, tmp_path: Path,
+                                                 num_cpus: int | None) -> None:
     config = _lut_config(lut_path, trials=1500, archs_per_trial=250, strategy_config={"population_size": 100})
-    best = run_search(config, tmp_path).best
+    best = run_search(config, tmp_path, num_cpus=num_cpus).best
     lines = _lines(tmp_path)
     assert [r["trial"] for r in lines] == list(range(1500))
     assert len({r["hash"] for r in lines}) == 1500  # the budget counts distinct archs
@@ -59,10 +65,12 @@ def test_rerun_of_a_finished_search_runs_nothing(ray_local, lut_path: Path, tmp_
     assert stored["latency_table"]["sha256"] == hashlib.sha256(lut_path.read_bytes()).hexdigest()
 
 
-def test_resume_keeps_finished_and_reruns_in_flight(ray_local, lut_path: Path, tmp_path: Path) -> None:
+@_PATHS
+def test_resume_keeps_finished_and_reruns_in_flight(ray_local, lut_path: Path, tmp_path: Path,
+                                                    num_cpus: int | None) -> None:
     """Simulate a kill after 200 of 400 archs with one batch in flight and one line torn."""
     config = _lut_config(lut_path, trials=400, archs_per_trial=100)
-    run_search(config.model_copy(update={"trials": 200}), tmp_path)
+    run_search(config.model_copy(update={"trials": 200}), tmp_path, num_cpus=num_cpus)
     from nas.plan import plan_search
     from nas.trials import Search
 
@@ -71,7 +79,7 @@ def test_resume_keeps_finished_and_reruns_in_flight(ray_local, lut_path: Path, t
         in_flight = search.next_batch()  # asked and saved, never finished
     with open(tmp_path / "trials.jsonl", "a") as handle:
         handle.write('{"trial": 200, "arch": {"spa')  # torn by the kill
-    run_search(config, tmp_path)
+    run_search(config, tmp_path, num_cpus=num_cpus)
     lines = _lines(tmp_path)
     assert [r["trial"] for r in lines] == list(range(400))
     rerun = Counter(r["hash"] for r in lines[200:])
@@ -206,14 +214,14 @@ def test_tunes_files_go_to_a_temp_dir_removed_at_the_end_and_stale_ones_are_remo
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import tempfile
 
-    from nas import runner
+    from nas import tune_trials
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     dead = next(pid for pid in range(4_000_000, 4_100_000) if not is_running(pid))
     stale, live = tmp_path / f"nas-tune-{dead}-abc", tmp_path / f"nas-tune-{os.getppid()}-abc"
     for d in (stale, live):
         (d / "search").mkdir(parents=True)
-    with runner._tune_storage() as storage:
+    with tune_trials._tune_storage() as storage:
         assert storage.parent == tmp_path and storage.name.startswith(f"nas-tune-{os.getpid()}-")
         (storage / "search" / "experiment_state.json").parent.mkdir()
         (storage / "search" / "experiment_state.json").write_text("{}")
@@ -229,7 +237,7 @@ def test_tunes_files_go_to_a_temp_dir_removed_at_the_end_and_stale_ones_are_remo
                                                                    "line 1 column 1 (char 0))"),
 ])
 def test_a_failure_of_tune_is_one_line_that_says_how_to_resume(err: Exception, expected: str) -> None:
-    from nas import runner
+    from nas import tune_trials
 
     try:
         try:
@@ -237,7 +245,7 @@ def test_a_failure_of_tune_is_one_line_that_says_how_to_resume(err: Exception, e
         except Exception as inner:
             raise RuntimeError("TuneError: experiment failed") from inner
     except RuntimeError as outer:
-        failure = runner._tune_failure(outer if "disk" in expected else err, Path("/t"))
+        failure = tune_trials._tune_failure(outer if "disk" in expected else err, Path("/t"))
     assert str(failure) == f"{expected}; free space and re-run the same command to resume" if "disk" in expected \
         else str(failure) == f"{expected}; re-run the same command to resume"
     assert isinstance(failure, DiskFullError) == ("disk" in expected)
@@ -246,15 +254,15 @@ def test_a_failure_of_tune_is_one_line_that_says_how_to_resume(err: Exception, e
 def test_tunes_errors_go_to_the_debug_log_and_a_full_disk_stops_the_search(caplog: pytest.LogCaptureFixture) -> None:
     import types
 
-    from nas import runner
+    from nas import tune_trials
 
     search = types.SimpleNamespace(stop_error=None)
-    errors = runner._TuneErrors(search, Path("/t"))
+    errors = tune_trials._TuneErrors(search, Path("/t"))
 
     def record(name: str, level: int, message: str, exc: BaseException | None = None) -> logging.LogRecord:
         return logging.LogRecord(name, level, "f.py", 1, message, None, (type(exc), exc, None) if exc else None)
 
-    with caplog.at_level(logging.INFO, logger="nas.runner"):
+    with caplog.at_level(logging.INFO, logger="nas.tune_trials"):
         assert errors.filter(record("ray.tune.tune_controller", logging.INFO, "Trial started"))
         assert errors.filter(record("ray.tune.tune_controller", logging.WARNING, "slow sync"))
         assert errors.filter(record("ray.serve", logging.ERROR, "not Tune's"))
@@ -266,6 +274,6 @@ def test_tunes_errors_go_to_the_debug_log_and_a_full_disk_stops_the_search(caplo
         assert not errors.filter(record("ray.tune.execution.experiment_state", logging.ERROR, "Saving failed",
                                         OSError(errno.ENOSPC, "Error writing bytes")))
     assert isinstance(search.stop_error, DiskFullError)
-    assert [r.getMessage() for r in caplog.records if r.name == "nas.runner"] == [
+    assert [r.getMessage() for r in caplog.records if r.name == "nas.tune_trials"] == [
         "Ray Tune: Could not re-use actor", "Ray Tune: Last sync command failed:\nTraceback (most recent call "
         "last):\n...", "Ray Tune: Saving failed"]

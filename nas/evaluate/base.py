@@ -10,8 +10,10 @@ when a latency table is given. An evaluator is built inside a Ray worker from a 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
+import numpy as np
 from pydantic import Field
 
 from nas.arch import Arch
@@ -46,6 +48,9 @@ class Evaluator(ABC):
         archs_per_trial: archs scored by one trial by default (many for cheap evaluators,
             since one Ray Tune trial costs about a second to schedule).
         needs_table: whether a latency table is required.
+        in_process: whether scoring an arch is a table lookup, cheaper than a Ray Tune trial by far:
+            a search without a cluster (`nas.runner.runs_in_process`) then scores archs in its own
+            process, a batch at a time with `evaluate_many`.
         table_metrics: the metrics measured only when a latency table is given.
     """
 
@@ -54,6 +59,7 @@ class Evaluator(ABC):
     default_metric: ClassVar[str]
     archs_per_trial: ClassVar[int] = 1
     needs_table: ClassVar[bool] = False
+    in_process: ClassVar[bool] = False
     table_metrics: ClassVar[tuple[str, ...]] = ("latency_ms",)
     """Metrics measured only with a latency table (`cost_metrics` prices latency from one)."""
 
@@ -70,6 +76,10 @@ class Evaluator(ABC):
     def evaluate(self, arch: Arch) -> dict[str, float]:
         """Metrics of `arch`."""
 
+    def evaluate_many(self, archs: Sequence[Arch]) -> list[dict[str, float]]:
+        """Metrics of each of `archs`, in order: `evaluate` one by one unless an evaluator prices a batch at once."""
+        return [self.evaluate(arch) for arch in archs]
+
     def cost_metrics(self, arch: Arch) -> dict[str, float]:
         """Params, MACs and (with a table) LUT latency of `arch`: the metrics every evaluator has."""
         keys = self.space.latency_keys(arch)
@@ -77,6 +87,25 @@ class Evaluator(ABC):
         if self.table is not None:
             metrics["latency_ms"] = self.table.predict_keys(keys, what=f"arch {arch.short_hash}")
         return metrics
+
+    def cost_metrics_many(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
+        """`cost_metrics` of many archs as arrays (one entry per arch), summed over the space's latency terms
+        (`nas.pricing.cost_many`, `LatencyTable.predict_many`) instead of each arch's keys: the same numbers
+        (latency within float rounding: another order of summation). The first call counts every unit."""
+        from nas.pricing import choice_indices, cost_many
+
+        indices = choice_indices(self.space, archs)
+        params, macs = cost_many(self.space, indices)
+        metrics = {"params": params, "macs": macs}
+        if self.table is not None:
+            metrics["latency_ms"] = self.table.predict_many(self.space, indices)
+        return metrics
+
+
+def metric_rows(columns: Mapping[str, np.ndarray]) -> list[dict[str, float]]:
+    """Metrics given as arrays (one entry per arch) as one plain dict per arch (Python ints and floats)."""
+    names = list(columns)
+    return [dict(zip(names, row, strict=True)) for row in zip(*(columns[n].tolist() for n in names), strict=True)]
 
 
 def evaluator_class(name: str) -> type[Evaluator]:

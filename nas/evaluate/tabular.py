@@ -45,7 +45,8 @@ from pydantic import Field
 from nas.arch import Arch
 from nas.config import SEED_LIMIT
 from nas.errors import UserError, shorten
-from nas.evaluate.base import Evaluator, EvaluatorConfig
+from nas.evaluate.base import Evaluator, EvaluatorConfig, metric_rows
+from nas.pricing import choice_indices
 from nas.registry import EVALUATORS
 
 if TYPE_CHECKING:
@@ -164,6 +165,7 @@ class TabularEvaluator(Evaluator):
     table_metrics = ()  # NAS-Bench-201 recorded a latency per arch
     default_metric = "accuracy"
     archs_per_trial = 4096
+    in_process = True
 
     def __init__(self, space: SearchSpace, config: TabularConfig, table: LatencyTable | None) -> None:
         _check_space(space, config.data)
@@ -182,13 +184,18 @@ class TabularEvaluator(Evaluator):
         return {"accuracy": float(r.val_acc[row, run]) / 100.0, "train_time_s": float(r.train_time_s[row, run]),
                 "latency_ms": latency, "params": int(self._params[row]), "macs": int(self._macs[row])}
 
-    def evaluate_many(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
+    def evaluate_many(self, archs: Sequence[Arch]) -> list[dict[str, float]]:
+        """The metrics of `evaluate` for each of `archs`, read for the whole batch with arrays."""
+        return metric_rows(self.columns(archs))
+
+    def columns(self, archs: Sequence[Arch]) -> dict[str, np.ndarray]:
         """The metrics of many archs as arrays (one entry per arch, in order); the same values as `evaluate`."""
         rows = np.fromiter((self._row(a) for a in archs), dtype=np.int64, count=len(archs))
         r, seed = self._results, self.config.seed
         runs = np.fromiter((draw_seed(seed, a.hash, int(n)) for a, n in zip(archs, r.seeds[rows], strict=True)),
                            dtype=np.int64, count=len(archs))
-        latency = r.latency_ms[rows, runs] if self.table is None else np.array([self._lut_latency(a) for a in archs])
+        latency = r.latency_ms[rows, runs] if self.table is None else \
+            self.table.predict_many(self.space, choice_indices(self.space, archs))
         return {"accuracy": r.val_acc[rows, runs] / 100.0, "train_time_s": r.train_time_s[rows, runs],
                 "latency_ms": latency, "params": self._params[rows], "macs": self._macs[rows]}
 
@@ -198,7 +205,7 @@ class TabularEvaluator(Evaluator):
         return sum(digit[choices[name]] * place for name, place in self._places)
 
     def _lut_latency(self, arch: Arch) -> float:
-        return self.table.predict_keys(self.space.latency_keys(arch), what=f"arch {arch.short_hash}")
+        return float(self.table.predict_many(self.space, choice_indices(self.space, [arch]))[0])
 
 
 def draw_seed(seed: int, arch_hash: str, seeds: int) -> int:

@@ -7,7 +7,8 @@ isolated timing of that unit: mean, std, count), the fitted correction (an inter
 and one corrected value per key, see `nas.hardware.profile`) and the validation
 report. `predict(arch)` is the intercept plus the sum of the corrected values of the
 arch's keys (the plain isolated means when there is no correction): dict look-ups
-only, so it is cheap enough to call inside a search loop. Files are written to a
+only, so it is cheap enough to call inside a search loop; `predict_many` prices a batch of
+archs with the same sums, taken per latency term over arrays (`nas.pricing`). Files are written to a
 temp file in the same directory and `os.replace`d, so a table is never half-written.
 
 A table is checked when it is built or loaded: every number must be of its field's type and
@@ -154,6 +155,17 @@ class LatencyTable:
             self._raise_missing(list(keys), what)
             raise
 
+    def predict_many(self, space: SearchSpace, indices: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of many archs of `space` at once, given as their `nas.pricing.choice_indices`:
+        the intercept plus, per latency term, its cost of each arch's choices (equal to `predict`)."""
+        import numpy as np
+
+        from nas.pricing import sum_terms
+
+        if space is not self._space:
+            self.check_matches(space)
+        return sum_terms(space, self._term_costs(space), indices, np.full(len(indices), self._intercept))
+
     def expected_latency(self, probs: Mapping[str, torch.Tensor], space: SearchSpace | None = None) -> torch.Tensor:
         """Expected latency (ms) of an arch whose decisions are drawn independently from `probs`.
 
@@ -262,17 +274,9 @@ class LatencyTable:
 
 def term_costs(values: Mapping[str, float], space: SearchSpace) -> list[np.ndarray]:
     """Per latency term of `space`, the summed `values` (ms) of every combination of its decisions' choices."""
-    import numpy as np
+    from nas.pricing import term_arrays
 
-    choices = {d.name: d.choices for d in space.decisions()}
-    costs = []
-    for term in space.latency_terms():
-        axes = [choices[name] for name in term.decisions]
-        cost = np.zeros([len(a) for a in axes])
-        for index in np.ndindex(*cost.shape):
-            cost[index] = sum(values[k] for k in term.keys(tuple(axis[i] for axis, i in zip(axes, index, strict=True))))
-        costs.append(cost)
-    return costs
+    return term_arrays(space, lambda keys: sum(values[k] for k in keys))
 
 
 def _load_table_space(meta: Metadata) -> SearchSpace:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Mapping
+from operator import itemgetter
 from typing import Any
 
 from pydantic import Field, ValidationInfo, field_validator
@@ -21,6 +22,7 @@ from nas.arch import Arch
 from nas.registry import STRATEGIES
 from nas.strategies.base import Strategy, StrategyConfig
 
+_SCORE = itemgetter(1)  # of a population member (arch, score)
 MAX_POPULATION = 10_000
 """Largest population: the whole population is saved in `strategy.json` after every ask and tell
 (about 1 KB per arch), and the paper's largest was 1,000."""
@@ -61,9 +63,9 @@ class RegularizedEvolution(Strategy):
         if self.n_asked < self.config.population_size or not self.population:
             return self.space.sample(self.rng)
         size = min(self.config.sample_size, len(self.population))
-        picks = self.rng.choice(len(self.population), size=size, replace=False)
-        parent = max((self.population[i] for i in picks), key=lambda member: member[1])[0]
-        return self.space.mutate(parent, self.rng)
+        picks = self.rng.choice(len(self.population), size=size, replace=False).tolist()
+        members = [self.population[i] for i in picks]
+        return self.space.mutate(max(members, key=_SCORE)[0], self.rng)  # the first of equal scores
 
     def _observe(self, arch: Arch, metrics: Mapping[str, float]) -> None:
         self.population.append((arch, self.score(metrics)))

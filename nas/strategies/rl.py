@@ -5,8 +5,9 @@ CVPR 2018, §3 and appendix A (../shared/reference/nasnet.md §7): a one-layer L
 prediction per decision, the embedding of each sampled token is the next step's input, and the
 controller is trained with Proximal Policy Optimization (Schulman et al. 2017, clipped objective) on
 the child's validation accuracy minus an exponential-moving-average baseline, with an entropy
-penalty; weights start uniform in [-0.1, 0.1]. REINFORCE with the same baseline (Zoph & Le, ICLR
-2017; NAS-Bench-201's `exps/NATS-algos/reinforce.py`) is the `algorithm: reinforce` option.
+penalty; weights start uniform in [-0.1, 0.1] (values as the reference recalls them, UNVERIFIED).
+REINFORCE with the same baseline (Zoph & Le, ICLR 2017; NAS-Bench-201's
+`exps/NATS-algos/reinforce.py`) is the `algorithm: reinforce` option.
 Settings and sources are in strategies/rl.yaml. Deviations:
 - Any registered space: one softmax per decision of `space.decisions()`, in its order, each with its
   own output layer and token embeddings (NASNet's 2 x 5B predictions are the special case).
@@ -21,14 +22,19 @@ Settings and sources are in strategies/rl.yaml. Deviations:
   The paper feeds raw accuracy; the scaling (OpenAI baselines' ppo2, inherited by NNI's PPO tuner,
   normalises advantages per batch) lets one learning rate fit any objective's units, and running
   statistics keep it defined for a batch of one. Each reward is compared with the baseline before it.
-- Batches: `ask(n)` samples n archs at once and keeps each one's log-probability; tells come in any
-  order, and every `batch_size` tells make one update (PPO: `ppo_epochs` full-batch Adam steps on
-  the clipped ratio to the log-probability at ask time; REINFORCE: one step). The paper's 450-GPU
-  work queue updated asynchronously.
+- Batches: `ask(n)` samples n archs at once and keeps each token's log-probability; tells come in
+  any order, and every `batch_size` tells make one update (PPO: `ppo_epochs` full-batch Adam steps;
+  REINFORCE: one step on the arch's joint log-probability). The paper's GPU work queue updated the
+  controller asynchronously.
+- PPO clips one probability ratio per decision (to its log-probability at ask time), each with its
+  arch's advantage, as NNI's PPO tuner (ppo2, one action per time step) does: a single ratio of the
+  whole arch leaves the clip range after a tiny change per decision, and learnt far slower on
+  21-decision spaces. The entropy bonus is on the mean entropy per decision, so one weight suits
+  spaces of 6 to 45 decisions.
 - Archs that break a space rule (`space.check`) are drawn again from the policy (up to
   `space.max_draws` rounds per ask); the kept arch's log-probability is that of its own draw.
-- Defaults suit searches of hundreds to thousands of archs: a higher learning rate and smaller batch
-  than the paper's 20,000-arch search (rl.yaml lists both).
+- Defaults suit searches of hundreds to thousands of archs: a higher learning rate and entropy weight
+  than the paper's 20,000-arch search (rl.yaml gives both, and the NAS-Bench-201 runs that chose them).
 Torch runs on one thread inside the strategy (the caller's setting is restored after each call),
 so the same seed and tells give the same asks bit for bit; its generator is private, never global.
 """
@@ -69,7 +75,7 @@ class RLConfig(StrategyConfig):
     batch_size: int = Field(ge=1, le=10_000, description="rewards per policy update")
     ppo_epochs: int = Field(ge=1, le=100, description="Adam steps per PPO update (full batch each)")
     clip: float = Field(gt=0, le=1, description="PPO clip range epsilon of the probability ratio")
-    entropy_weight: float = Field(ge=0, le=1, description="weight of the entropy bonus (the paper's penalty)")
+    entropy_weight: float = Field(ge=0, le=100, description="weight of the mean per-decision entropy bonus")
     baseline_decay: float = Field(ge=0, lt=1, description="decay of the moving-average reward baseline")
     init_range: float = Field(gt=0, le=1, description="controller weights start uniform in [-r, r]")
 
@@ -154,11 +160,11 @@ class _Policy:
         return torch.optim.Adam(list(self.params.values()), lr=self.config.learning_rate)
 
     def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens (n, D) of n archs drawn from the policy, and each arch's log-probability (n,)."""
+        """Tokens (n, D) of n archs drawn from the policy, and the log-probability of each token (n, D)."""
         import torch
 
         embedding, head = self.params["embedding"], self.params["head"]
-        tokens, logp = torch.empty(n, len(self.sizes), dtype=torch.long), torch.zeros(n)
+        tokens, logp = torch.empty(n, len(self.sizes), dtype=torch.long), torch.empty(n, len(self.sizes))
         with torch.no_grad():
             x, state = embedding[torch.zeros(n, dtype=torch.long)], None
             for d, k in enumerate(self.sizes):
@@ -167,12 +173,12 @@ class _Policy:
                 u = torch.rand(n, 1, generator=self.generator)
                 token = (step_logp.exp().cumsum(-1) < u).sum(-1).clamp_(max=k - 1)  # inverse CDF
                 tokens[:, d] = token
-                logp += step_logp.gather(1, token[:, None])[:, 0]
+                logp[:, d] = step_logp.gather(1, token[:, None])[:, 0]
                 x = embedding[token + self.offsets[d]]
         return tokens, logp
 
     def log_probs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Log-probability (B,) and summed per-decision entropy (B,) of archs `tokens` (B, D), with gradients."""
+        """Log-probability of each token (B, D) and mean per-decision entropy (B,) of archs `tokens` (B, D)."""
         import torch
 
         offsets = torch.tensor(self.offsets[:-1], dtype=torch.long)
@@ -180,8 +186,8 @@ class _Policy:
         out, _ = self.lstm(self.params["embedding"][previous])  # (B, D, H): teacher-forced
         logits = torch.einsum("bdh,dkh->bdk", out, self.params["head"]) + self.mask
         step_logp = torch.log_softmax(logits, dim=-1)  # (B, D, K); padding slots ~ -1e9, probability 0
-        logp = step_logp.gather(2, tokens[..., None])[..., 0].sum(1)
-        entropy = -(step_logp.exp() * step_logp).sum(dim=(1, 2))
+        logp = step_logp.gather(2, tokens[..., None])[..., 0]
+        entropy = -(step_logp.exp() * step_logp).sum(dim=2).mean(dim=1)
         return logp, entropy
 
     def update(self, tokens: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor) -> None:
@@ -191,11 +197,11 @@ class _Policy:
         c = self.config
         for _ in range(c.ppo_epochs if c.algorithm == "ppo" else 1):
             logp, entropy = self.log_probs(tokens)
-            if c.algorithm == "ppo":
-                ratio = torch.exp(logp - old_logp)
-                gain = torch.min(ratio * advantages, ratio.clamp(1 - c.clip, 1 + c.clip) * advantages)
+            if c.algorithm == "ppo":  # one ratio per decision, each with its arch's advantage
+                ratio, advantage = torch.exp(logp - old_logp), advantages[:, None]
+                gain = torch.min(ratio * advantage, ratio.clamp(1 - c.clip, 1 + c.clip) * advantage).sum(1)
             else:
-                gain = logp * advantages
+                gain = logp.sum(1) * advantages  # the arch's joint log-probability
             loss = -(gain.mean() + c.entropy_weight * entropy.mean())
             self.optimizer.zero_grad()
             loss.backward()
@@ -241,8 +247,9 @@ class RLController(Strategy):
         self._decisions = self.space.decisions()
         self._tokens = [{choice: i for i, choice in enumerate(d.choices)} for d in self._decisions]
         self._policy = _Policy([len(d.choices) for d in self._decisions], self.config, self.seed)
-        self._in_flight: dict[str, deque[tuple[list[int], float]]] = {}  # hash -> (tokens, log-prob at ask)
-        self._batch: list[tuple[list[int], float, float]] = []  # told, not yet learnt: (tokens, log-prob, reward)
+        # hash -> (tokens, their log-probabilities at ask time), oldest first; told ones wait in the batch
+        self._in_flight: dict[str, deque[tuple[list[int], list[float]]]] = {}
+        self._batch: list[tuple[list[int], list[float], float]] = []  # (tokens, log-probabilities, reward)
         self._baseline = [0.0, 0.0, 0.0, 0.0]  # (decayed sum, decayed weight) of rewards, then of squared gaps
         self._range: list[float] | None = None  # [worst, best] feasible score told so far
         self.n_updates = 0
@@ -264,7 +271,7 @@ class RLController(Strategy):
                         still.append(slot)
                         continue
                     archs[slot] = arch
-                    self._in_flight.setdefault(arch.hash, deque()).append((tokens[row].tolist(), float(logp[row])))
+                    self._in_flight.setdefault(arch.hash, deque()).append((tokens[row].tolist(), logp[row].tolist()))
                 missing = still
                 if not missing:
                     return archs
@@ -289,7 +296,7 @@ class RLController(Strategy):
     def _forgotten(self, arch: Arch) -> None:
         self._pop(arch)
 
-    def _pop(self, arch: Arch) -> tuple[list[int], float]:
+    def _pop(self, arch: Arch) -> tuple[list[int], list[float]]:
         queue = self._in_flight[arch.hash]
         entry = queue.popleft()
         if not queue:
@@ -341,20 +348,20 @@ class RLController(Strategy):
     def _state(self) -> dict[str, Any]:
         return {
             "controller": self._policy.state(),
-            "in_flight": [[h, tokens, logp] for h, queue in self._in_flight.items() for tokens, logp in queue],
-            "batch": [list(entry) for entry in self._batch],
+            "in_flight": [[h, list(t), list(lp)] for h, queue in self._in_flight.items() for t, lp in queue],
+            "batch": [[list(t), list(lp), r] for t, lp, r in self._batch],
             "baseline": list(self._baseline),
             "reward_range": None if self._range is None else list(self._range),
             "n_updates": self.n_updates,
         }
 
     def _load_state(self, state: Mapping[str, Any]) -> None:
-        in_flight: dict[str, deque[tuple[list[int], float]]] = {}
+        in_flight: dict[str, deque[tuple[list[int], list[float]]]] = {}
         for h, tokens, logp in state["in_flight"]:
-            in_flight.setdefault(str(h), deque()).append((self._checked_tokens(tokens), float(logp)))
+            in_flight.setdefault(str(h), deque()).append((self._checked_tokens(tokens), self._checked_logp(logp)))
         if {h: len(q) for h, q in in_flight.items()} != dict(self._pending):
             raise ValueError("rl state in_flight does not match the pending archs")
-        batch = [(self._checked_tokens(t), float(lp), float(r)) for t, lp, r in state["batch"]]
+        batch = [(self._checked_tokens(t), self._checked_logp(lp), float(r)) for t, lp, r in state["batch"]]
         baseline = [float(v) for v in state["baseline"]]
         reward_range = state["reward_range"]
         if len(baseline) != 4 or (reward_range is not None and len(reward_range) != 2):
@@ -370,3 +377,9 @@ class RLController(Strategy):
                 isinstance(t, int) and 0 <= t < k for t, k in zip(tokens, sizes, strict=True)):
             raise ValueError(f"rl state: tokens {list(tokens)[:8]} do not fit the space's {len(sizes)} decisions")
         return list(tokens)
+
+    def _checked_logp(self, logp: Sequence[float]) -> list[float]:
+        if len(logp) != len(self._decisions) or not all(isinstance(v, float) and v <= 0.0 for v in logp):
+            raise ValueError(f"rl state: log-probabilities {list(logp)[:8]} do not fit the space's "
+                             f"{len(self._decisions)} decisions")
+        return list(logp)

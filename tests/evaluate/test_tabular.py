@@ -91,9 +91,8 @@ def test_evaluate_many_equals_evaluate(space, evaluator):
     rng = np.random.default_rng(1)
     archs = [space.sample(rng) for _ in range(400)]
     many = evaluator.evaluate_many(archs)
-    one = [evaluator.evaluate(a) for a in archs]
-    for name in evaluator.metrics:
-        assert np.array_equal(many[name], np.array([m[name] for m in one])), name
+    assert many == [evaluator.evaluate(a) for a in archs]
+    assert {type(v) for m in many for v in m.values()} == {int, float}  # plain numbers, as a trial line stores
 
 
 def test_evaluate_many_is_fast(space, evaluator):
@@ -277,4 +276,4 @@ def test_a_latency_table_prices_latency(tmp_path, space):
     rng = np.random.default_rng(4)
     archs = [space.sample(rng) for _ in range(20)]
     assert [evaluator.evaluate(a)["latency_ms"] for a in archs] == pytest.approx([table.predict(a) for a in archs])
-    assert evaluator.evaluate_many(archs)["latency_ms"] == pytest.approx([table.predict(a) for a in archs])
+    assert [m["latency_ms"] for m in evaluator.evaluate_many(archs)] == pytest.approx([table.predict(a) for a in archs])
