@@ -49,7 +49,7 @@ from nas.evaluate.tabular import KEY_OPS, TabularConfig, TabularEvaluator, best_
 from nas.objective import hypervolume  # noqa: E402
 from nas.space import load_space  # noqa: E402
 from nas.spaces.nasbench201 import DECISIONS  # noqa: E402
-from nas.strategies.base import build_strategy  # noqa: E402
+from nas.strategies.base import build_strategy, parse_strategy_config, strategy_defaults  # noqa: E402
 from nas.strategies.dedup import Deduplicated, SpaceExhausted  # noqa: E402
 
 NAME = "strategies_nb201"
@@ -68,20 +68,24 @@ CURVE = (*range(1, 11), *range(15, ARCHS + 1, 5))
 
 @dataclass(frozen=True)
 class Entry:
-    """One strategy as benchmarked: registered name, overrides of its YAML defaults, and its ask batch."""
+    """One strategy as benchmarked: registered name, overrides of its YAML defaults, and the config key that is
+    its ask batch (None: one arch per ask)."""
 
     strategy: str
     overrides: dict[str, Any] = field(default_factory=dict)
-    batch: int = 1
+    batch_key: str | None = None
+
+    def batch(self, config: dict[str, Any]) -> int:
+        return int(config[self.batch_key]) if self.batch_key else 1
 
 
 ENTRIES = {
     "random": Entry("random"),
     "evolution": Entry("evolution"),
     "tpe": Entry("tpe"),
-    "rl": Entry("rl", batch=10),  # rl.yaml batch_size: one policy update per batch
-    "nsga2": Entry("nsga2", batch=50),  # nsga2.yaml population_size: one generation per batch
-    "early_exit_evolution": Entry("early_exit_evolution", batch=40),  # its population_size
+    "rl": Entry("rl", batch_key="batch_size"),  # one policy update per batch
+    "nsga2": Entry("nsga2", batch_key="population_size"),  # one generation per batch
+    "early_exit_evolution": Entry("early_exit_evolution", batch_key="population_size"),
     "nni_tpe": Entry("nni", {"tuner": "TPE"}),
     "nni_evolution": Entry("nni", {"tuner": "Evolution"}),
     "nni_regularized_evolution": Entry("nni", {"tuner": "RegularizedEvolution"}),
@@ -129,9 +133,26 @@ def run_seed(name: str, index: int, pareto: bool = False) -> int:
     return int(np.random.SeedSequence([index, tag]).generate_state(1)[0])
 
 
-def run_one(name: str, index: int, pareto: bool = False, archs: int = ARCHS) -> dict[str, Any]:
+def configs(names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each strategy's whole config (its YAML defaults and the entry's overrides), checked, read once: every run of
+    a benchmark uses the same config even if a YAML file changes while it runs.
+
+    Raises:
+        UserError: a config that its strategy refuses.
+    """
+    out = {}
+    for name in names:
+        entry = ENTRIES[name]
+        out[name] = {**strategy_defaults(entry.strategy), **entry.overrides}
+        parse_strategy_config(entry.strategy, out[name])
+    return out
+
+
+def run_one(name: str, index: int, pareto: bool = False, archs: int = ARCHS,
+            config: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run `index` of a strategy: `archs` distinct archs, each with its observed and mean accuracy, training
-    time, latency and the strategy's ask+tell seconds. The strategy and the evaluator's seed draw share a seed."""
+    time, latency and the strategy's ask+tell seconds. The strategy and the evaluator's seed draw share a seed.
+    `config` is the strategy's whole config (default: `configs([name])`)."""
     if not _WORKER:
         _init_worker()
     begun = time.perf_counter()
@@ -139,13 +160,14 @@ def run_one(name: str, index: int, pareto: bool = False, archs: int = ARCHS) -> 
     objective = (Objective(kind="pareto", metrics=PARETO) if pareto
                  else Objective(metric=SINGLE[0], mode=SINGLE[1]))
     evaluator = TabularEvaluator(space, TabularConfig(data="cifar10", seed=seed), None)
-    search = Deduplicated(build_strategy(entry.strategy, entry.overrides, space, objective, seed, workdir=None))
+    config = configs([name])[name] if config is None else config
+    search = Deduplicated(build_strategy(entry.strategy, config, space, objective, seed, workdir=None))
     out: dict[str, list[float]] = {k: [] for k in ("accuracy", "mean_accuracy", "train_time_s", "latency_ms", "s")}
     exhausted = None
     while len(out["s"]) < archs and exhausted is None:
         start = time.perf_counter()
         try:
-            batch = search.ask(min(entry.batch, archs - len(out["s"])))
+            batch = search.ask(min(entry.batch(config), archs - len(out["s"])))
         except SpaceExhausted as err:  # a real search ends here too, after running the archs found
             batch, exhausted = err.archs, len(out["s"]) + len(err.archs)
         asked = time.perf_counter() - start
@@ -165,7 +187,7 @@ def run_one(name: str, index: int, pareto: bool = False, archs: int = ARCHS) -> 
             "run_s": time.perf_counter() - begun, **{k: np.array(v) for k, v in out.items()}}
 
 
-def _task(job: tuple[str, int, bool, int]) -> dict[str, Any]:
+def _task(job: tuple[str, int, bool, int, dict[str, Any]]) -> dict[str, Any]:
     return run_one(*job)
 
 
@@ -222,9 +244,12 @@ def _curve(cols: np.ndarray, at: list[int], scale: float, digits: int) -> dict[s
             "std": [round(float(v) * scale, digits) for v in cols.std(0, ddof=1)]}
 
 
-def summarize(runs: list[dict[str, Any]], best: float, archs: int = ARCHS) -> dict[str, Any]:
-    """Per strategy: stats at each budget with p-values against random, the anytime curve and the cost."""
+def summarize(runs: list[dict[str, Any]], best: float, archs: int = ARCHS,
+              used: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Per strategy: stats at each budget with p-values against random, the anytime curve and the cost.
+    `used`: the configs the runs used (default: `configs` now)."""
     groups = _group(runs)
+    used = configs(list(groups)) if used is None else used
     cuts = {name: _cuts(group, archs) for name, group in groups.items()}
     at = [n for n in CURVE if n <= archs]
     summary = {}
@@ -239,7 +264,7 @@ def summarize(runs: list[dict[str, Any]], best: float, archs: int = ARCHS) -> di
             budgets[key] = row
         entry = ENTRIES[name]
         summary[name] = {
-            "strategy": entry.strategy, "overrides": entry.overrides, "batch": entry.batch, "seeds": len(group),
+            "strategy": entry.strategy, "config": used[name], "batch": entry.batch(used[name]), "seeds": len(group),
             "budgets": budgets,
             "ask_tell_ms_per_arch": round(float(np.median([np.median(r["s"]) for r in group])) * 1000, 3),
             "ask_tell_ms_per_arch_mean": round(float(np.mean([np.mean(r["s"]) for r in group])) * 1000, 3),
@@ -290,16 +315,17 @@ def bar(summary: dict[str, Any]) -> dict[str, Any]:
             "passed": complete and all(p < BAR["p"] for p in rows.values())}
 
 
-def run_all(names: list[str], seeds: int, mo_seeds: int, archs: int, jobs: int,
+def run_all(names: list[str], used: dict[str, dict[str, Any]], seeds: int, mo_seeds: int, archs: int, jobs: int,
             timeout_s: float = 3600.0) -> list[dict[str, Any]]:
-    """Every (strategy, seed) run, single- and multi-objective, over `jobs` processes (slowest first).
+    """`seeds` runs of each of `names` and `mo_seeds` of nsga2 and random on the pareto objective, with the configs
+    `used`, over `jobs` processes (slowest first).
 
     Raises:
         TimeoutError: the runs took longer than `timeout_s` in all (the pool is stopped).
     """
     order = {n: i for i, n in enumerate(("tpe", "nni_regularized_evolution", "nni_anneal", "rl", "nsga2"))}
-    tasks = [(n, s, False, archs) for n in names for s in range(seeds)]
-    tasks += [(n, s, True, archs) for n in ("nsga2", "random") for s in range(mo_seeds)]
+    tasks = [(n, s, False, archs, used[n]) for n in names for s in range(seeds)]
+    tasks += [(n, s, True, archs, used[n]) for n in ("nsga2", "random") for s in range(mo_seeds)]
     tasks.sort(key=lambda t: order.get(t[0], len(order)))
     if jobs <= 1:
         return [_task(t) for t in tasks]
@@ -359,15 +385,17 @@ def main(argv: list[str] | None = None) -> None:
     skipped = {n: f"needs {NEEDS[n]}, which is not installed" for n in names
                if n in NEEDS and importlib.util.find_spec(NEEDS[n]) is None}
     names = [n for n in names if n not in skipped]
+    used = configs([*names, "nsga2"] if args.mo_seeds else names)
+    code = sources(list(used))  # before the runs: what they ran (other people may edit the tree meanwhile)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        runs = run_all(names, args.seeds, args.mo_seeds, args.archs, args.jobs, args.timeout_s)
+        runs = run_all(names, used, args.seeds, args.mo_seeds, args.archs, args.jobs, args.timeout_s)
     except TimeoutError as err:
         sys.exit(f"strategies_nb201: {err}")
     wall = time.perf_counter() - start
     best = best_accuracy("cifar10")
-    single = summarize([r for r in runs if not r["pareto"]], best, args.archs)
+    single = summarize([r for r in runs if not r["pareto"]], best, args.archs, used)
     result = {
         "command": "python benchmarks/strategies_nb201.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "wall_seconds": round(wall, 1), "seeds": args.seeds, "archs_per_run": args.archs, "budgets": list(BUDGETS),
@@ -379,7 +407,7 @@ def main(argv: list[str] | None = None) -> None:
             "objective": PARETO, "reference_point": dict(zip(PARETO, HV_REFERENCE, strict=True)),
             "space_front_hypervolume": round(space_front_hypervolume(), 4), "seeds": args.mo_seeds,
             "strategies": summarize_pareto([r for r in runs if r["pareto"]], args.archs) if args.mo_seeds else {}},
-        "sources": sources(names), "machine": machine(),
+        "sources": code, "machine": machine(),
     }
     _write_json(args.out / f"{NAME}.json", result)
     plot(result, args.out / f"{NAME}.png")

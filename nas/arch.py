@@ -41,17 +41,6 @@ class Arch:
         object.__setattr__(self, "choices", MappingProxyType(dict(sorted(choices.items()))))
         object.__setattr__(self, "config", MappingProxyType(json.loads(canonical_json(dict(config)))))
 
-    @classmethod
-    def _checked(cls, space: str, choices: dict[str, Choice], config: Mapping[str, Any], text: str) -> Arch:
-        """An arch from parts its space has already checked: `choices` sorted by name, `config` read-only
-        canonical data shared by the space's archs, `text` the canonical JSON of the whole arch."""
-        arch = object.__new__(cls)
-        object.__setattr__(arch, "space", space)
-        object.__setattr__(arch, "choices", MappingProxyType(choices))
-        object.__setattr__(arch, "config", config)
-        arch.__dict__["_json"] = text
-        return arch
-
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("Arch is immutable; use replace()")
 
@@ -111,3 +100,56 @@ class Arch:
 
     def __repr__(self) -> str:
         return f"Arch({self.space}, {self.short_hash})"
+
+
+class ArchFactory:
+    """Makes the archs of one space and config fast, for a search that makes hundreds of thousands.
+
+    Each (decision, choice) pair is encoded once, so an arch's canonical JSON is a join of pieces,
+    and its archs share one read-only config (`config`). What it makes equals `Arch(space, choices,
+    config)` (same JSON, hash and equality); the space checks its own rules (`SearchSpace.check`).
+
+    Args:
+        space: the space's name.
+        decisions: decision name -> its allowed choices.
+        config: the space config as canonical JSON data.
+    """
+
+    def __init__(self, space: str, decisions: Mapping[str, tuple[Choice, ...]], config: Mapping[str, Any]) -> None:
+        self.space = space
+        self.config: Mapping[str, Any] = MappingProxyType(dict(config))
+        """The read-only config of every arch made here, one object shared by all of them."""
+        self._pieces = {name: {c: (type(c), f"{canonical_json(name)}:{canonical_json(c)}") for c in choices}
+                        for name, choices in sorted(decisions.items())}
+        self._tail = f'}},"config":{canonical_json(dict(config))},"space":{canonical_json(space)}}}'
+
+    def make(self, choices: Mapping[str, Choice]) -> Arch | None:
+        """The arch of `choices`, or None unless every decision has one of its allowed choices (and no more)."""
+        pieces = self._pieces
+        if len(choices) != len(pieces):
+            return None
+        ordered, parts = {}, []
+        try:
+            for name, table in pieces.items():
+                value = choices[name]
+                kind, text = table[value]
+                if type(value) is not kind:  # True for 1, 1.0 for 1: equal, but not the choice
+                    return None
+                ordered[name] = value
+                parts.append(text)
+        except (KeyError, TypeError):  # a missing decision, an unknown or unhashable choice
+            return None
+        return self._arch(ordered, parts)
+
+    def make_known(self, choices: dict[str, Choice]) -> Arch:
+        """The arch of `choices` known to be allowed ones, in name order (a copy of a made arch's, one changed)."""
+        parts = [table[value][1] for table, value in zip(self._pieces.values(), choices.values(), strict=True)]
+        return self._arch(choices, parts)
+
+    def _arch(self, choices: dict[str, Choice], parts: list[str]) -> Arch:
+        arch = object.__new__(Arch)
+        object.__setattr__(arch, "space", self.space)
+        object.__setattr__(arch, "choices", MappingProxyType(choices))
+        object.__setattr__(arch, "config", self.config)
+        arch.__dict__["_json"] = '{"choices":{' + ",".join(parts) + self._tail
+        return arch

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
     from nas.arch import Arch
     from nas.space import SearchSpace
 
-__all__ = ["choice_indices", "cost_many", "sum_terms", "term_arrays", "term_columns"]
+__all__ = ["choice_indices", "cost_many", "sum_terms", "term_arrays", "term_columns", "unit_costs"]
 
 _INDICES: WeakKeyDictionary[SearchSpace, list[tuple[str, dict[Any, int]]]] = WeakKeyDictionary()
 _COLUMNS: WeakKeyDictionary[SearchSpace, list[tuple[int, ...]]] = WeakKeyDictionary()
-_UNIT_COSTS: WeakKeyDictionary[SearchSpace, list[np.ndarray]] = WeakKeyDictionary()
+_TERM_COSTS: WeakKeyDictionary[SearchSpace, list[np.ndarray]] = WeakKeyDictionary()
+_UNIT_COSTS: WeakKeyDictionary[SearchSpace, dict[str, tuple[int, int]]] = WeakKeyDictionary()
 
 
 def choice_indices(space: SearchSpace, archs: Sequence[Arch]) -> np.ndarray:
@@ -87,14 +88,38 @@ def sum_terms(space: SearchSpace, costs: Sequence[np.ndarray], indices: np.ndarr
 def cost_many(space: SearchSpace, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Params and MACs (int64 arrays) of the archs whose `choice_indices` are `indices`: the same as
     `space.cost` of each. The first call counts every unit of the space."""
-    costs = _UNIT_COSTS.get(space)
+    costs = _TERM_COSTS.get(space)
     if costs is None:
-        space.count_units(space.all_latency_keys())
+        unit_costs(space, space.all_latency_keys())
 
         def params_and_macs(keys: tuple[str, ...]) -> list[int]:
-            units = [space.unit_cost(k) for k in keys]
+            units = unit_costs(space, keys)
             return [sum(u[0] for u in units), sum(u[1] for u in units)]
 
-        costs = _UNIT_COSTS[space] = term_arrays(space, params_and_macs, (2,), np.int64)
+        costs = _TERM_COSTS[space] = term_arrays(space, params_and_macs, (2,), np.int64)
     total = sum_terms(space, costs, indices, np.zeros((len(indices), 2), np.int64))
     return total[:, 0], total[:, 1]
+
+
+def unit_costs(space: SearchSpace, keys: Sequence[str]) -> list[tuple[int, int]]:
+    """(params, MACs) of each unit `keys` of `space` (`SearchSpace.unit_cost`), counted once per process.
+
+    Counted on one torch thread: a unit's forward pass at batch 1 is tiny, and more threads only
+    wait on each other (ten times the time on a busy 2-core machine).
+    """
+    known = _UNIT_COSTS.setdefault(space, {})
+    missing = [k for k in dict.fromkeys(keys) if k not in known]
+    if missing:
+        import torch
+
+        from nas.evaluate.metrics import count_macs, count_params
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            for key in missing:
+                unit = space.unit(key)
+                known[key] = (count_params(unit.module), count_macs(unit.module, unit.input_shape))
+        finally:
+            torch.set_num_threads(threads)
+    return [known[k] for k in keys]

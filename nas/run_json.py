@@ -24,7 +24,8 @@ __all__ = ["TrialLine", "encode_trial", "state_json", "trial_line"]
 
 
 class TrialLine(dict):
-    """A trial record made by `trial_line`: a plain dict that also carries its line of `trials.jsonl`."""
+    """A trial record made by `trial_line`: a plain dict that also carries its line of `trials.jsonl`
+    (`text`; set to "" once written, to give its memory back)."""
 
     __slots__ = ("text",)
     text: str
@@ -70,7 +71,8 @@ def _plain(value: Any) -> str:
 
 def encode_trial(record: dict[str, Any]) -> str:
     """The line of `trials.jsonl` (canonical JSON, no newline) of a trial record."""
-    return record.text if type(record) is TrialLine else canonical_json(record)
+    text = record.text if type(record) is TrialLine else ""
+    return text or canonical_json(record)  # a line whose text was dropped once written is encoded again
 
 
 _PENDING = "\x00pending\x00"

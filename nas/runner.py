@@ -8,11 +8,12 @@ and a batch is priced with arrays (`Evaluator.evaluate_many`). Every other searc
 archs as Ray Tune trials (`nas.tune_trials`) on a cluster whose resources are checked first.
 Both paths score a batch with the same `score_archs` and keep the run dir with the same
 `Search`: archs asked are saved before they are scored, results appended to the log before
-the strategy learns them, so a search killed at any moment resumes, and the same seed gives
-the same trial log either way. An arch whose evaluation raises comes back as an error, is
-retried and then recorded as failed (`nas.trials`). SIGINT and SIGTERM stop the search within
-seconds, with the run dir consistent, even when Ray hangs (`nas.interrupts`); the CLI exits
-130 or 143. A resumed search keeps the latency table its run dir was priced with (`nas.resume`).
+the strategy learns them, so a search killed at any moment resumes; with one trial at a
+time on Ray, the same seed gives the same trial log either way. An arch whose evaluation
+raises comes back as an error, is retried and then recorded as failed (`nas.trials`). SIGINT
+and SIGTERM stop the search within seconds, with the run dir consistent, even when Ray hangs
+(`nas.interrupts`); the CLI exits 130 or 143. A resumed search keeps the latency table its
+run dir was priced with (`nas.resume`).
 """
 
 from __future__ import annotations
@@ -168,12 +169,14 @@ def _search_in_process(search: Search, signals: Signals, notify: Callable[[str],
     """Ask, score and record batch after batch in this process until the search stops; a signal stops it
     between batches, a failed write with `search.stop_error` as on Ray. The state is saved once a batch,
     by the ask that follows each record (`Search.record`), and once at the end."""
-    evaluator = None
-    if not search.is_done:
-        evaluator = build_evaluator(search.plan.spec)  # as a Tune worker builds it, before anything is written
-        if notify is not None:
-            _announce_table(search.plan, notify)
-        signals.check()
+    if search.is_done:
+        search.run_dir.write_config(search.plan.stored_config())
+        search.start()
+        return
+    evaluator = build_evaluator(search.plan.spec)  # as a Tune worker builds it, before anything is written
+    if notify is not None:
+        _announce_table(search.plan, notify)
+    signals.check()
     search.run_dir.write_config(search.plan.stored_config())
     search.start()
     where = {"node": None, "host": socket.gethostname(), "pid": os.getpid()}
@@ -183,7 +186,6 @@ def _search_in_process(search: Search, signals: Signals, notify: Callable[[str],
                 archs = search.next_batch()
                 if not archs:
                     break
-                assert evaluator is not None
                 search.record(archs, {"results": score_archs(evaluator, archs), **where}, save_state=False)
             except Exception as err:  # a full disk, say: stop, and raise it as the Tune path does
                 search.stop_error = err if isinstance(err, NasError) else NasError(f"the search failed: {err}")

@@ -13,13 +13,12 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field
 
-from nas.arch import Arch, Choice, canonical_json
+from nas.arch import Arch, ArchFactory, Choice, canonical_json
 from nas.config import SPACES_DIR, PresetSpec, SpaceFile, UserConfig, parse
 from nas.errors import NasError, UserError, shorten
 from nas.files import load_yaml
@@ -94,14 +93,14 @@ class SearchSpace(ABC):
         self._config_dump = json.loads(canonical_json(config.model_dump()))  # as an Arch stores it
         self._preset_specs = dict(presets or {})
         self._decisions = {d.name: d for d in self.decisions()}
-        self._unit_costs: dict[str, tuple[int, int]] = {}
         self._mutable = [d for d in self._decisions.values() if len(d.choices) > 1]
-        # The canonical JSON of an arch, in pieces: each (decision, choice) pair encoded once, in name order.
-        self._encoded = {name: {c: (type(c), f"{canonical_json(name)}:{canonical_json(c)}") for c in d.choices}
-                         for name, d in sorted(self._decisions.items())}
-        self.arch_config = MappingProxyType(self._config_dump)
+        # Per mutable decision: its choice -> the other choices (what `mutate` picks among), and their count.
+        self._others = [{c: tuple(o for o in d.choices if o != c) for c in d.choices} for d in self._mutable]
+        self._n_others = np.array([len(d.choices) - 1 for d in self._mutable], dtype=np.int64)
+        self._factory = ArchFactory(self.name, {d.name: d.choices for d in self._decisions.values()},
+                                    self._config_dump)
+        self.arch_config = self._factory.config
         """The read-only config of the archs this space makes, one object shared by all of them."""
-        self._json_tail = f'}},"config":{canonical_json(self._config_dump)},"space":{canonical_json(self.name)}}}'
 
     # -- what a space must define -------------------------------------------------
     @abstractmethod
@@ -149,31 +148,9 @@ class SearchSpace(ABC):
 
     def unit_cost(self, key: str) -> tuple[int, int]:
         """(params, MACs) of the unit `key`, counted once from its built module and cached."""
-        cached = self._unit_costs.get(key)
-        if cached is None:
-            self.count_units([key])
-            cached = self._unit_costs[key]
-        return cached
+        from nas.pricing import unit_costs
 
-    def count_units(self, keys: Sequence[str]) -> None:
-        """Count and cache the params and MACs of the units `keys` not counted yet, on one torch thread: a
-        unit's forward pass at batch 1 is tiny, and more threads only wait on each other (tenfold the time
-        on a busy 2-core machine)."""
-        keys = [k for k in dict.fromkeys(keys) if k not in self._unit_costs]
-        if not keys:
-            return
-        import torch
-
-        from nas.evaluate.metrics import count_macs, count_params
-
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            for key in keys:
-                unit = self.unit(key)
-                self._unit_costs[key] = (count_params(unit.module), count_macs(unit.module, unit.input_shape))
-        finally:
-            torch.set_num_threads(threads)
+        return unit_costs(self, [key])[0]
 
     def cost(self, arch: Arch) -> dict[str, int]:
         """Params and MACs of `arch` as the sum over its timed units (equal to the whole built network)."""
@@ -181,38 +158,24 @@ class SearchSpace(ABC):
 
     def cost_of_keys(self, keys: list[str]) -> dict[str, int]:
         """Params and MACs summed over the units `keys`."""
-        self.count_units(keys)
-        costs = [self.unit_cost(k) for k in keys]
+        from nas.pricing import unit_costs
+
+        costs = unit_costs(self, keys)
         return {"params": sum(c[0] for c in costs), "macs": sum(c[1] for c in costs)}
 
     # -- archs --------------------------------------------------------------------
     def make_arch(self, choices: Mapping[str, Choice]) -> Arch:
         """A validated `Arch` of this space and config."""
-        encoded = self._encoded
-        if len(choices) == len(encoded):  # the common case, checked fast: every decision has an allowed choice
-            ordered, parts = {}, []
-            try:
-                for name, table in encoded.items():
-                    value = choices[name]
-                    kind, text = table[value]
-                    if type(value) is not kind:
-                        break
-                    ordered[name] = value
-                    parts.append(text)
-                else:
-                    self.check(choices)
-                    return Arch._checked(self.name, ordered, self.arch_config,
-                                         '{"choices":{' + ",".join(parts) + self._json_tail)
-            except (KeyError, TypeError):  # a missing decision, an unknown or unhashable choice: said below
-                pass
-        return self._make_arch_slowly(choices)
+        arch = self._factory.make(choices)  # None: something is wrong, said by the slow path
+        if arch is None:
+            return self._make_arch_slowly(choices)
+        self.check(choices)
+        return arch
 
     def _make_known(self, choices: dict[str, Choice]) -> Arch:
         """`make_arch` of choices known to be allowed ones, in name order: only the space's rules are checked."""
         self.check(choices)
-        text = ",".join([table[value][1] for table, value in zip(self._encoded.values(), choices.values(),
-                                                                  strict=True)])
-        return Arch._checked(self.name, choices, self.arch_config, '{"choices":{' + text + self._json_tail)
+        return self._factory.make_known(choices)
 
     def _make_arch_slowly(self, choices: Mapping[str, Choice]) -> Arch:
         """`make_arch` for any input: the `UserError` of what is wrong, else the arch."""
@@ -261,6 +224,26 @@ class SearchSpace(ABC):
 
         # An arch this space made holds allowed choices only, in name order, as does each proposal from it.
         return self._first_valid(propose, "mutate", known=arch.config is self.arch_config)
+
+    def mutate_many(self, archs: Sequence[Arch], rng: np.random.Generator) -> list[Arch]:
+        """`mutate` of each arch, with the draws of all made at once: the same distribution, another order
+        of random numbers. A space with its own `mutate`, or a child that breaks a rule, is mutated one by one."""
+        mutable = self._mutable
+        if type(self).mutate is not SearchSpace.mutate or not mutable or not archs:
+            return [self.mutate(arch, rng) for arch in archs]
+        which = rng.integers(len(mutable), size=len(archs))
+        picks = rng.integers(self._n_others[which]).tolist()
+        children = []
+        for arch, decision, pick in zip(archs, which.tolist(), picks, strict=True):
+            proposal = arch.choices.copy()
+            name = mutable[decision].name
+            try:  # the same draws for any arch; one this space made needs no check of its choices
+                proposal[name] = self._others[decision][proposal[name]][pick]
+                children.append(self._make_known(proposal) if arch.config is self.arch_config else
+                                self.make_arch(proposal))
+            except (KeyError, UserError):  # not a choice of this space, or a rule broken: one at a time
+                children.append(self.mutate(arch, rng))
+        return children
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover (each decision from `a` or `b` with equal chance), redrawn until it passes `check`."""

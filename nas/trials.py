@@ -277,26 +277,28 @@ class Search:
         once may leave the save to that ask (`save_state=False`, then `save_state()` when it stops):
         until then the last saved state has every appended arch in flight, and a resume tells them.
         """
-        where = {"node": result["node"], "host": result["host"], "pid": result["pid"],
-                 "finished_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        node, host, pid = result["node"], result["host"], result["pid"]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         lines: list[TrialLine] = []
         told: list[tuple[Arch, dict[str, Any] | None]] = []
         self.in_flight -= len(archs)
         for arch, outcome in zip(archs, result["results"], strict=True):
             metrics, error, value, feasible = self._outcome(outcome)
             trial = len(self.records) + len(lines)
-            if error is None:
-                fields = {"feasible": feasible, **where, "hash": arch.hash, "metrics": metrics, "score": value,
-                          "status": "ok", "trial": trial}
+            if error is None:  # the fields in sorted order, as `trial_line` writes an ok line fastest
+                fields = {"feasible": feasible, "finished_at": now, "hash": arch.hash, "host": host,
+                          "metrics": metrics, "node": node, "pid": pid, "score": value, "status": "ok", "trial": trial}
             elif self._failed_for_good(arch, error):
-                fields = {"error": error, **where, "hash": arch.hash, "metrics": {}, "score": None,
-                          "status": "failed", "trial": trial}
+                fields = {"error": error, "finished_at": now, "hash": arch.hash, "host": host, "metrics": {},
+                          "node": node, "pid": pid, "score": None, "status": "failed", "trial": trial}
             else:
                 continue
             lines.append(trial_line(arch, fields))
             told.append((arch, metrics if error is None else None))
         if lines:
             self.run_dir.append_trials(lines)
+            for line in lines:
+                line.text = ""  # written: a search keeps its records, not their JSON (1 KB a line)
             self._add(lines)
             for arch, metrics in told:
                 if metrics is None:

@@ -155,3 +155,17 @@ def test_the_script_refuses_without_a_traceback(tmp_path):
     proc = _cli("--archs", "99999", "--out", str(tmp_path / "out"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert "--archs: 99999" in proc.stderr.strip().splitlines()[-1] and not (tmp_path / "out").exists()
+
+
+def test_configs_are_read_once_checked_and_used(bench, monkeypatch):
+    from nas.errors import UserError
+    from nas.strategies.base import strategy_defaults
+
+    assert bench.configs(["evolution", "nni_tpe"]) == {"evolution": strategy_defaults("evolution"),
+                                                       "nni_tpe": {**strategy_defaults("nni"), "tuner": "TPE"}}
+    small = {"population_size": 2, "sample_size": 2}
+    assert bench.run_one("evolution", 0, archs=12, config=small)["accuracy"].tolist() != bench.run_one(
+        "evolution", 0, archs=12)["accuracy"].tolist()[:12]
+    monkeypatch.setitem(bench.ENTRIES, "evolution", bench.Entry("evolution", {"sample_size": 99}))
+    with pytest.raises(UserError, match="sample_size"):
+        bench.configs(["evolution"])

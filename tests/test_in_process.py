@@ -23,7 +23,7 @@ from nas.interrupts import STOPPED
 from nas.run_dir import DiskFullError, RunDir
 from nas.run_json import trial_line
 from nas.runner import run_search, runs_in_process, score_archs
-from nas.space import load_space
+from nas.space import SearchSpace, load_space
 
 
 def _config(lut_path: Path, trials: int, **kw) -> RunConfig:
@@ -277,3 +277,14 @@ def test_a_state_with_archs_in_flight_is_encoded_as_canonical_json(lut_path: Pat
     assert state_json(saved, other) == canonical_json(saved)
     odd = {**saved, "strategy": {**saved["strategy"], "note": "\x00pending\x00"}}
     assert state_json(odd, pending) == canonical_json(odd)
+
+
+def test_mutate_many_changes_one_decision_of_each_arch_and_is_deterministic(space_name: str) -> None:
+    space, rng = load_space(space_name), np.random.default_rng(1)
+    parents = [space.sample(rng) for _ in range(40)]
+    children = space.mutate_many(parents, np.random.default_rng(7))
+    assert [c.hash for c in children] == [c.hash for c in space.mutate_many(parents, np.random.default_rng(7))]
+    for parent, child in zip(parents, children, strict=True):
+        assert child == space.make_arch(dict(child.choices)) and child.to_json() == canonical_json(child.to_dict())
+        if type(space).mutate is SearchSpace.mutate:  # the base's mutate: one decision changed
+            assert sum(parent.choices[n] != child.choices[n] for n in parent.choices) == 1

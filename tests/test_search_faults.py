@@ -65,7 +65,8 @@ def test_a_search_whose_every_trial_fails_stops_with_the_first_error(
         table.write_text("entries: [")  # workers now fail to load what the driver checked
 
     with pytest.raises(NasError, match="every trial failed .*first error: UserError: .*table.yaml"):
-        run_search(_config(table, trials=200), tmp_path / "run", progress=corrupt_the_table_once_checked)
+        run_search(_config(table, trials=200), tmp_path / "run", num_cpus=2,  # Ray workers: the table is re-read there
+                   progress=corrupt_the_table_once_checked)
     lines = [json.loads(line) for line in (tmp_path / "run" / "trials.jsonl").read_text().splitlines()]
     assert lines and all(r["status"] == "failed" and "table.yaml" in r["error"] for r in lines)
 
@@ -336,13 +337,13 @@ def test_tune_failing_to_save_its_files_stops_the_search_with_one_error_and_it_r
     config = _config(lut_path, trials=400)
     with pytest.raises(DiskFullError, match=r"^disk full under .*\(Ray Tune's temp files: No space left on device\); "
                                             r"free space and re-run the same command to resume$"):
-        run_search(config, tmp_path)
+        run_search(config, tmp_path, num_cpus=2)
     shown = capfd.readouterr().err
     assert "Traceback" not in shown and "ERROR" not in shown and "failed with" not in shown, shown[-3000:]
     done = _trial_numbers(tmp_path) if (tmp_path / "trials.jsonl").exists() else []
     assert done == list(range(len(done)))
     monkeypatch.undo()
-    run_search(config, tmp_path)
+    run_search(config, tmp_path, num_cpus=2)
     assert _trial_numbers(tmp_path) == list(range(400))
     assert not (tmp_path / "tune").exists() and not list(Path(tempfile.gettempdir()).glob(f"nas-tune-{os.getpid()}-*"))
 
@@ -357,7 +358,7 @@ def test_any_other_failure_of_tune_is_one_error(ray_local, lut_path: Path, tmp_p
     monkeypatch.setattr(tune.Tuner, "fit", broken)
     with pytest.raises(NasError, match=r"^Ray Tune failed \(RuntimeError: Tune broke\); re-run the same command "
                                        r"to resume$"):
-        run_search(_config(lut_path, trials=100), tmp_path)
+        run_search(_config(lut_path, trials=100), tmp_path, num_cpus=2)  # --num-cpus: the Tune path
 
 
 @pytest.fixture

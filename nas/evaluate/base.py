@@ -4,16 +4,17 @@ Kinds (registered in `EVALUATORS`): `lut` prices an arch from the latency table 
 its unit costs without training; `train` trains it briefly on a data set. Every
 evaluator reports `params` and `macs` (counted from built modules) and `latency_ms`
 when a latency table is given. An evaluator is built inside a Ray worker from a plain
-`EvaluatorSpec`, so nothing but JSON crosses the wire.
+`EvaluatorSpec`, so nothing but JSON crosses the wire; one that is a table lookup
+(`in_process`: `lut`, `tabular`) is built in the search process instead, and scores a
+whole batch at once (`evaluate_many`, priced with arrays by `cost_metrics_many`).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
 from pydantic import Field
 
 from nas.arch import Arch
@@ -21,6 +22,9 @@ from nas.config import Frozen
 from nas.errors import UserError
 from nas.registry import EVALUATORS
 from nas.space import SearchSpace, load_space
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 class EvaluatorConfig(Frozen):
