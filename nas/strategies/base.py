@@ -34,6 +34,16 @@ class StrategyConfig(Frozen):
     """Config keys every strategy accepts; a strategy subclasses this with its own."""
 
 
+def at_most_population(size: int, info: Any, what: str) -> int:
+    """A pydantic field check: a tournament's `size` draws distinct members, so it is at most the
+    config's `population_size` (absent from `info.data` when that field failed its own check)."""
+    population = info.data.get("population_size")
+    if population is not None and size > population:
+        raise ValueError(f"must be at most population_size ({population}), since a tournament draws distinct "
+                         f"members of the population; lower the {what} or raise the population")
+    return size
+
+
 class Strategy(ABC):
     """Base class of ask/tell strategies.
 

@@ -45,7 +45,7 @@ from nas.arch import Arch
 from nas.errors import NasError, UserError, shorten
 from nas.registry import STRATEGIES
 from nas.space import SearchSpace, load_space
-from nas.strategies.base import Strategy, StrategyConfig
+from nas.strategies.base import Strategy, StrategyConfig, at_most_population
 
 MAX_POPULATION = 10_000
 """Largest population: it is saved in `strategy.json` after every ask and tell (about 1 KB per arch)."""
@@ -71,11 +71,7 @@ class EarlyExitEvolutionConfig(StrategyConfig):
     @field_validator("tournament_size")
     @classmethod
     def _at_most_population(cls, size: int, info: ValidationInfo) -> int:
-        population = info.data.get("population_size")  # absent when it failed its own check
-        if population is not None and size > population:
-            raise ValueError(f"must be at most population_size ({population}), since a tournament draws distinct "
-                             "members of the population; lower the tournament size or raise the population")
-        return size
+        return at_most_population(size, info, "tournament size")
 
 
 @STRATEGIES.register("early_exit_evolution")

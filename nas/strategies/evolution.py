@@ -25,7 +25,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from nas.arch import Arch
 from nas.errors import NasError
 from nas.registry import STRATEGIES
-from nas.strategies.base import Strategy, StrategyConfig
+from nas.strategies.base import Strategy, StrategyConfig, at_most_population
 
 _SCORE = itemgetter(1)  # of a population member (arch, score)
 MAX_POPULATION = 10_000
@@ -45,12 +45,8 @@ class EvolutionConfig(StrategyConfig):
 
     @field_validator("sample_size")
     @classmethod
-    def _at_most_population(cls, sample_size: int, info: ValidationInfo) -> int:
-        population = info.data.get("population_size")  # absent when it failed its own check
-        if population is not None and sample_size > population:
-            raise ValueError(f"must be at most population_size ({population}), since a tournament samples "
-                             "members of the population; lower the sample size or raise the population")
-        return sample_size
+    def _at_most_population(cls, size: int, info: ValidationInfo) -> int:
+        return at_most_population(size, info, "sample size")
 
 
 @STRATEGIES.register("evolution")
