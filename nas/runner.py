@@ -41,7 +41,6 @@ from nas.space import SearchSpace
 from nas.trials import Progress, Search, rank
 
 log = logging.getLogger(__name__)
-_Signals = Signals  # the name the Tune bridge's tests import from here
 
 __all__ = ["Interrupted", "Progress", "SearchResult", "decode", "describe", "encode", "run_search", "runs_in_process",
            "score_archs"]
@@ -251,11 +250,3 @@ def _announce_table(plan: SearchPlan, notify: Callable[[str], None]) -> None:
     if warning:
         notify(f"warning: {warning}")
 
-
-def __getattr__(name: str) -> Any:
-    """The Ray Tune bridge moved to `nas.tune_trials` (imported on first use: it imports Ray)."""
-    if name in ("evaluate_trial", "_StrategySearcher"):
-        from nas import tune_trials
-
-        return getattr(tune_trials, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -99,7 +99,8 @@ def test_the_searcher_waits_for_archs_in_flight_before_it_finishes(lut_path: Pat
     """A failure in the last batch of the budget is retried: Tune is told "not now", not "finished"."""
     from ray.tune.search import Searcher
 
-    from nas.runner import _Signals, _StrategySearcher
+    from nas.interrupts import Signals as _Signals
+    from nas.tune_trials import _StrategySearcher
 
     with RunDir(tmp_path) as rd:
         search = Search(_plan(lut_path, trials=5), rd)
