@@ -27,6 +27,8 @@ from nas.registry import SPACES
 if TYPE_CHECKING:
     from torch import nn
 
+    from nas.supernet import Supernet
+
 
 @dataclass(frozen=True)
 class Decision:
@@ -285,6 +287,11 @@ class SearchSpace(ABC):
         """Source and published figures of preset `name`."""
         self.preset(name)
         return self._preset_specs[name]
+
+    # -- one-shot -------------------------------------------------------------------
+    def supernet(self) -> Supernet:
+        """One module holding the weights of every arch of this space (`nas.supernet.Supernet`)."""
+        raise UserError(f"space {self.name} has no supernet yet")
 
 
 NamedKey = tuple[str, str]
