@@ -316,6 +316,13 @@ class EEEASpace(SearchSpace):
     def unit_table(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
         return self._keys.units
 
+    def supernet(self):
+        """A DARTS-style one-shot network over every cell of the space (`nas.supernets.eeea.EEEASupernet`)."""
+        from nas.supernets.eeea import EEEASupernet
+
+        return EEEASupernet(self)
+
+
 def _multipliers(concats: Mapping[str, Sequence[int]]) -> dict[str, int]:
     """Output width over C of each producer: the stem's width is its own, a cell's is its concat's length."""
     return {"stem": 1, **{kind: len(concat) for kind, concat in concats.items()}}

@@ -174,6 +174,12 @@ class NASBench201Space(SearchSpace):
     def unit_table(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
         return self._keys.units
 
+    def supernet(self):
+        """The NAS-Bench-201 one-shot network: a mixed op over the 5 operations per edge (`NASBench201Supernet`)."""
+        from nas.supernets.nasbench201 import NASBench201Supernet
+
+        return NASBench201Supernet(self)
+
 
 def _fixed_keys(keys: tuple[str, ...], choices: tuple[Choice, ...]) -> tuple[str, ...]:
     return keys

@@ -311,6 +311,12 @@ class NASNetSpace(SearchSpace):
     def unit_table(self) -> dict[str, tuple[_Factory, tuple[int, int, int]]]:
         return self._tables.units
 
+    def supernet(self):
+        """ENAS-style weight sharing over every cell of the space (`nas.supernets.nasnet.NASNetSupernet`)."""
+        from nas.supernets.nasnet import NASNetSupernet
+
+        return NASNetSupernet(self)
+
 
 @dataclass(frozen=True)
 class _Plan:

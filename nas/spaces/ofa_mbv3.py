@@ -265,6 +265,12 @@ class OFAMobileNetV3Space(SearchSpace):
                 units.update({block.key(k, e): (block.factory(k, e), shape) for k in KERNELS for e in EXPANDS})
         return units
 
+    def supernet(self):
+        """Once-for-All's elastic supernet: kernel, expansion and depth by slicing (`OFAMobileNetV3Supernet`)."""
+        from nas.supernets.ofa_mbv3 import OFAMobileNetV3Supernet
+
+        return OFAMobileNetV3Supernet(self)
+
 
 def _fixed_term(named: list[tuple[str, str]]) -> LatencyTerm:
     keys = tuple(key for _, key in named)

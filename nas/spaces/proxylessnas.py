@@ -192,6 +192,12 @@ class ProxylessNASSpace(ChainSpace):
             units.update({block.key(e, k): (block.factory(e, k), shape) for e, k in ops})
         return units
 
+    def supernet(self):
+        """ProxylessNAS' supernet: a mixed op per block over its MBConv candidates and the zero op (`ChainSupernet`)."""
+        from nas.supernets.chain import ChainSupernet
+
+        return ChainSupernet(self)
+
 
 def _head(in_channels: int, num_classes: int, dropout: float) -> nn.Module:
     """Global average pool -> dropout -> linear classifier (with bias) [proxyless_nets.py]."""

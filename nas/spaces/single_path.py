@@ -183,6 +183,12 @@ class SinglePathSpace(ChainSpace):
             units.update({layer.key(k, e): (layer.factory(k, e), layer.input_shape) for k, e in ops})
         return units
 
+    def supernet(self):
+        """Single-Path NAS' superkernel supernet: one k5e6 MBConv per searchable layer (`SinglePathSupernet`)."""
+        from nas.supernets.single_path import SinglePathSupernet
+
+        return SinglePathSupernet(self)
+
 
 def _classifier(in_channels: int, num_classes: int, dropout: float) -> nn.Module:
     """Global average pool -> dropout -> linear with bias [singlepath_supernet.py head]."""

@@ -1,0 +1,6 @@
+"""Supernets (`nas.supernet.Supernet`) of the search spaces, one module per space or family of spaces.
+
+Spaces import their supernet lazily in `SearchSpace.supernet()`, so importing a space does
+not import these modules: `chain` (ProxylessNAS and any `ChainSpace`), `nasbench201`,
+`single_path` (superkernel), `ofa_mbv3` (elastic), `nasnet` and `eeea` (cells, with `_cells`).
+"""
