@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint clean
+.PHONY: install demo test test-all lint clean
 
 install: $(STAMP)
 
@@ -20,6 +20,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# Everything, with the exhaustive matrices (about three times as long as `make test`).
+test-all: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "slow or not slow"
 
 lint: install
 	$(BIN)/ruff check .

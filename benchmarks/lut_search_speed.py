@@ -5,7 +5,9 @@ Run: .venv/bin/python benchmarks/lut_search_speed.py [--trials 100000]
 Each path runs in a fresh Python process, so its start-up (imports, the latency table, counting the
 params and MACs of every unit, and for Ray the cluster) is part of its time. Per path: the wall time of
 `run_search` (`wall_seconds`) and of the whole process (`process_seconds`, interpreter and imports
-too), archs per second over each, the time to the first finished batch and the steady rate after it.
+too), archs per second over each, the time to the first finished batch and the steady rate after it,
+the CPU seconds, and the 1-minute load average of the machine when the path started and ended (the
+machine is shared: a wall time means little without it).
 Bar: 100,000 archs in process in <= 10 s of wall time.
 
 The population is 1,000 (tournament 10): with the default 50 the search finds its best arch's
@@ -71,7 +73,7 @@ def main() -> None:
 
 def _child(args: argparse.Namespace) -> None:
     """One path in this process: time `run_search` (imports of nas.runner included) and write the figures."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    start, cpu_start, load_start = time.perf_counter(), time.process_time(), os.getloadavg()[0]
     from nas.config import Objective, RunConfig
     from nas.runner import run_search
 
@@ -101,6 +103,7 @@ def _child(args: argparse.Namespace) -> None:
     Path(args.out).write_text(json.dumps({
         "archs": n, "wall_seconds": round(wall, 2), "archs_per_second_wall": round(n / wall, 1),
         "cpu_seconds": round(cpu, 2), "load_average_1min": round(os.getloadavg()[0], 2),
+        "load_average_1min_start": round(load_start, 2),
         "archs_per_second_steady": round((d1 - d0) / max(t1 - t0, 1e-9), 1),
         "first_batch_seconds": round(t0 - start, 2), "archs_per_batch": d0, "n_feasible": result.n_feasible,
         "best": {"macs": best["metrics"]["macs"], "latency_ms": best["metrics"]["latency_ms"],

@@ -22,6 +22,8 @@ from nas.cli_help import search_help
 from nas.cli_output import echo_json, fmt, table
 from nas.cli_profile import profile
 from nas.cli_report import report
+from nas.cli_supernet import supernet_app
+from nas.cli_train import train
 from nas.errors import NasError, UserError, shorten
 from nas.limits import check_num_cpus, check_path
 
@@ -134,6 +136,14 @@ def SOpt(help: str, default: str | None = None, metavar: str | None = None) -> A
 _HELP, _DEFAULT = search_help()
 
 
+def _asha_option(field: str, text: str) -> Any:
+    """A `search` option of ASHA whose help shows its range and default, read from `RunConfig`."""
+    from nas.config import Scheduler, describe_bounds
+
+    return SOpt(f"{text} (with --scheduler asha); {describe_bounds(Scheduler, field)}.",
+                str(Scheduler.model_fields[field].default))
+
+
 @app.command()
 def search(
     space: Annotated[str | None, SOpt("Search space (see `nas spaces`).", _DEFAULT["space"])] = None,
@@ -160,6 +170,8 @@ def search(
     data_dir: Annotated[str | None, SOpt("Directory of a CIFAR-10 python-pickle data set (cifar10 only; digits "
                                          "ships with scikit-learn).", metavar="PATH")] = None,
     epochs: Annotated[int | None, SOpt(_HELP["epochs"], _DEFAULT["epochs"])] = None,
+    checkpoint: Annotated[str | None, SOpt("Run dir of `nas supernet train` (supernet evaluator): archs inherit "
+                                           "its newest checkpoint's weights.", metavar="PATH")] = None,
     resolution: Annotated[int | None, SOpt(_HELP["resolution"], "the space YAML's")] = None,
     classes: Annotated[int | None, SOpt(_HELP["classes"], "the space YAML's")] = None,
     width_mult: Annotated[float | None, SOpt(_HELP["width_mult"], "the space YAML's")] = None,
@@ -167,8 +179,16 @@ def search(
     sample_size: Annotated[int | None, SOpt(_HELP["sample_size"], _DEFAULT["sample_size"])] = None,
     set_: Annotated[list[str] | None, Opt("--set", metavar="KEY=VALUE", help="A strategy option (see `nas "
                                           "strategies NAME`), e.g. --set population_size=64; repeatable.")] = None,
-    archs_per_trial: Annotated[int | None, SOpt(_HELP["archs_per_trial"], "1 (train), 2048 (lut)")] = None,
+    archs_per_trial: Annotated[int | None, SOpt(_HELP["archs_per_trial"],
+                                                "what the strategy learns between, at most 2048 (lut)")] = None,
     cpus_per_trial: Annotated[float | None, SOpt(_HELP["cpus_per_trial"], _DEFAULT["cpus_per_trial"])] = None,
+    scheduler: Annotated[str | None, SOpt("fifo (every arch trains all its epochs) | asha (Ray Tune's ASHA stops "
+                                          "archs whose accuracy after an epoch ranks low; train evaluator).",
+                                          "fifo")] = None,
+    asha_grace_period: Annotated[int | None, _asha_option("grace_period", "Epochs every arch trains before "
+                                                          "ASHA may stop it")] = None,
+    asha_reduction_factor: Annotated[float | None, _asha_option("reduction_factor", "ASHA keeps 1 in this "
+                                                                "many archs at each rung")] = None,
     config: Annotated[str | None, SOpt("Run-config YAML; flags override its keys.", metavar="PATH")] = None,
     run_dir: Annotated[str | None, SOpt("Run directory; re-running the same command resumes.",
                                         "runs/<space>-<strategy>-<evaluator>", metavar="PATH")] = None,
@@ -197,6 +217,9 @@ def search(
         "space_config.num_classes": classes, "space_config.width_mult": width_mult,
         "strategy_config.population_size": population_size, "strategy_config.sample_size": sample_size,
         "evaluator_config.data": data, "evaluator_config.data_dir": data_dir, "evaluator_config.epochs": epochs,
+        "evaluator_config.checkpoint": None if checkpoint is None else str(check_path(checkpoint, "--checkpoint")),
+        "scheduler.kind": scheduler, "scheduler.grace_period": asha_grace_period,
+        "scheduler.reduction_factor": asha_reduction_factor,
         **{f"strategy_config.{key}": value for key, value in options.items()},
     }
     run_config = merge_run_config(config_path, flags, {f"strategy_config.{key}": f"--set {key}" for key in options})
@@ -233,6 +256,8 @@ def _progress_reporter(total: int) -> Any:
 
 app.command()(profile)
 app.command()(report)
+app.add_typer(supernet_app, name="supernet")
+app.command("train")(train)
 
 
 @app.command("export")
@@ -243,21 +268,31 @@ def export_cmd(
     preset: Annotated[str | None, Opt(help="A published arch by name.")] = None,
     format: Annotated[str, Opt(help="Comma-separated: json,pt,torchscript,onnx.")] = "json,pt,torchscript,onnx",
     out: Annotated[str, Opt(help="Output directory.", metavar="PATH")] = "exported",
+    weights: Annotated[str | None, Opt(help="`nas train` output dir whose weights to export (default: "
+                                       "RUN_DIR/train-rank<N> when it exists; else untrained).",
+                                       metavar="PATH")] = None,
     as_json: Annotated[bool, Opt("--json", help="Print the written files as JSON.")] = False,
 ) -> None:
     """Export an arch to JSON, a PyTorch state dict, TorchScript and ONNX, verifying each file.
 
     Example: nas export --run-dir runs/demo --rank 1 --format json,pt,torchscript,onnx --out exported
     """
-    from nas.export import export, pick_arch
+    from nas.export import UNTRAINED, export, find_weights, load_trained, pick_arch
 
-    run_path, arch_path, out_path = (check_path(v, f) for v, f in ((run_dir, "--run-dir"), (arch, "--arch"),
-                                                                   (out, "--out")))
+    run_path, arch_path, out_path, weights_path = (check_path(v, f) for v, f in (
+        (run_dir, "--run-dir"), (arch, "--arch"), (out, "--out"), (weights, "--weights")))
     chosen = pick_arch(run_path, rank, arch_path, preset)
-    written = export(chosen, [f.strip() for f in format.split(",") if f.strip()], out_path)
+    found = find_weights(run_path, rank, weights_path)
+    model, source = load_trained(chosen, found) if found is not None else (None, None)
+    written = export(chosen, [f.strip() for f in format.split(",") if f.strip()], out_path, model=model,
+                     weights=source)
+    if source is None:  # after the export: a refused one has nothing to say about weights
+        typer.echo(f"note: exported an {UNTRAINED} network: no trained weights for it; train it with `nas train` "
+                   "and export again (or --weights DIR)", err=True)
     rows = [{"format": name, "path": str(e.path), "max_abs_diff": e.max_abs_diff} for name, e in written.items()]
     if as_json:
-        echo_json({"arch": chosen.hash, "files": rows})
+        echo_json({"arch": chosen.hash, "files": rows, "trained": source is not None,
+                   "weights": source or UNTRAINED})
         return
     table(f"exported {chosen.space} {chosen.short_hash}", ["format", "path", "max |diff| vs PyTorch"],
            [[r["format"], r["path"], "-" if r["max_abs_diff"] is None else f"{r['max_abs_diff']:.2e}"]

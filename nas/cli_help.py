@@ -50,10 +50,11 @@ def search_help() -> tuple[dict[str, str], dict[str, str]]:
 
 
 def _evaluator_names() -> list[str]:
-    """Registered evaluators, without importing torch (the evaluate package imports it lazily)."""
+    """Registered evaluators the CLI takes (`function` is the Python API's), without importing torch (the
+    evaluate package imports it lazily)."""
     from nas.registry import EVALUATORS
 
-    return EVALUATORS.names()
+    return [name for name in EVALUATORS.names() if name != "function"]
 
 
 def strategy_rows(name: str | None = None) -> list[list[str]]:

@@ -14,7 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from nas.errors import UserError, shorten
 from nas.files import load_yaml
@@ -37,6 +47,8 @@ RUN_FLAGS: Mapping[str, str] = {
     "space_config.width_mult": "--width-mult", "strategy_config.population_size": "--population-size",
     "strategy_config.sample_size": "--sample-size", "evaluator_config.data": "--data",
     "evaluator_config.data_dir": "--data-dir", "evaluator_config.epochs": "--epochs",
+    "scheduler.kind": "--scheduler", "scheduler.grace_period": "--asha-grace-period",
+    "scheduler.reduction_factor": "--asha-reduction-factor",
 }
 """Run-config key path -> the `nas search` flag that sets it, for messages."""
 
@@ -196,6 +208,19 @@ class Objective(UserConfig):
         return self
 
 
+class Scheduler(UserConfig):
+    """How a search schedules its trials: `fifo` trains every arch for all its epochs; `asha` is Ray Tune's
+    ASHA scheduler (Li et al., "A System for Massively Parallel Hyperparameter Tuning", MLSys 2020), which
+    stops an arch whose score after an epoch ranks low among the archs that reached that epoch (a rung).
+    Rungs lie at `grace_period` x `reduction_factor`^k epochs; at each, an arch goes on only if its score is
+    in the top 1/`reduction_factor` of those recorded there so far. Only the `train` evaluator reports epochs.
+    """
+
+    kind: Literal["fifo", "asha"] = "fifo"
+    grace_period: int = Field(default=1, ge=1, le=10_000)
+    reduction_factor: float = Field(default=4.0, gt=1, le=100)
+
+
 class RunConfig(UserConfig):
     """A search: what to search, how, for how long. Stored as the run dir's `config.yaml`.
 
@@ -204,7 +229,7 @@ class RunConfig(UserConfig):
     range (`nas search --help` shows it). `cpus_per_trial` is what Ray can reserve: Ray counts
     CPUs in steps of 0.0001 (a finer value is refused or silently rounded down), and below 0.01 a
     trial would share one CPU with a hundred others. `hardware` is a device id or a table file,
-    bounded like every path.
+    bounded like every path. `scheduler` of kind `asha` stops archs early (`Scheduler`).
     """
 
     space: str = "proxylessnas"
@@ -219,6 +244,7 @@ class RunConfig(UserConfig):
     hardware: str | None = None
     archs_per_trial: int | None = Field(default=None, gt=0, le=1_000_000)
     cpus_per_trial: float = Field(default=1.0, ge=0.01, le=1024, multiple_of=0.0001)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
 
     @field_validator("hardware")
     @classmethod
@@ -227,6 +253,15 @@ class RunConfig(UserConfig):
         if problem is not None:
             raise ValueError(f"{problem}; give a device id or a latency table file")
         return hardware
+
+    @model_serializer(mode="wrap")
+    def _without_fifo(self, dump: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """A `fifo` search stores no `scheduler` (`nas.plan` refuses ASHA options without ASHA): its
+        `config.yaml` reads as one written before schedulers existed, so such a run dir still resumes."""
+        data = dump(self)
+        if self.scheduler.kind == "fifo":
+            data.pop("scheduler", None)
+        return data
 
 
 def merge_run_config(path: Path | None, flags: dict[str, Any],

@@ -48,6 +48,7 @@ _CALIBRATION_BATCHES, _CALIBRATION_BATCH = 2, 8  # random batches that set fresh
 _TEMP = ".export-"
 _TEMP_NAME = re.compile(r"\.export-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8})-|$)")
 _STALE_SECONDS = 3600  # a temp entry this old is stale whatever its pid says (pids are reused)
+UNTRAINED = "untrained (random initialisation)"
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class Exporter(ABC):
 
     suffix: ClassVar[str]
     tolerance: ClassVar[float] = 0.0
+    notes: dict[str, str | bool] = {}  # noqa: RUF012 (replaced per instance by `export`, never mutated)
+    """What the weights are (`trained`, `weights`), set by `export`; formats with room for metadata store it."""
 
     @abstractmethod
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -100,7 +103,7 @@ class StateDictExporter(Exporter):
 
     def write(self, arch: Arch, model: nn.Module, example: torch.Tensor, path: Path) -> None:
         buffer = io.BytesIO()
-        torch.save({"arch": arch.to_json(), "state_dict": model.state_dict()}, buffer)
+        torch.save({"arch": arch.to_json(), "state_dict": model.state_dict(), **self.notes}, buffer)
         write_bytes(path, buffer.getvalue())
 
     def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor:
@@ -187,6 +190,7 @@ def export(
     out_dir: str | Path,
     model: nn.Module | None = None,
     seed: int = 0,
+    weights: str | None = None,
 ) -> dict[str, Exported]:
     """Write `arch` in every format of `formats` to `out_dir`, verifying each file.
 
@@ -197,6 +201,8 @@ def export(
         model: trained network of `arch` to export (copied to CPU, left untouched);
             without it the network is built with weights initialised from `seed`.
         seed: seed of the initial weights (when `model` is None) and of the check input.
+        weights: where `model`'s trained weights come from, stored in the `pt` file (`trained`, `weights`);
+            None: the network is untrained (random initialisation), and the `pt` file says so.
 
     Returns:
         The written files by format, in the order of `formats`, with their verification figure.
@@ -208,6 +214,9 @@ def export(
     exporters = {name: EXPORTERS.get(name)() for name in dict.fromkeys(formats)}
     if not exporters:
         raise UserError(f"--format: no export format given; allowed: {', '.join(EXPORTERS.names())}")
+    notes = {"trained": weights is not None, "weights": weights or UNTRAINED}
+    for exporter in exporters.values():
+        exporter.notes = notes
     out = _writable_dir(Path(out_dir))
     _remove_stale_temps(out)
     model = _build(arch, seed) if model is None else copy.deepcopy(model).cpu().eval()
@@ -345,6 +354,40 @@ def _ranked_arch(run_dir: Path, rank: int) -> Arch:
                         "it") from None
 
 
+def find_weights(run_dir: Path | None, rank: int, weights: Path | None) -> Path | None:
+    """The `nas train` output dir whose weights `nas export` ships: `weights` when given, else the default
+    `<run-dir>/train-rank<N>` when it holds a checkpoint; None: no trained weights (an untrained export)."""
+    if weights is not None:
+        return weights
+    if run_dir is None:
+        return None
+    from nas.cli_train import default_out
+
+    found = default_out(run_dir, rank, "", "") / "checkpoints"
+    return found.parent if found.is_dir() and any(found.glob("step-*")) else None
+
+
+def load_trained(arch: Arch, weights: Path) -> tuple[nn.Module, str]:
+    """The eval-mode network of `arch` with the weights of the `nas train` run dir `weights` (its newest
+    checkpoint, checked), and a one-phrase description of them; a one-line `UserError` for a checkpoint that is
+    missing, corrupt, or of another arch or space config."""
+    from nas.evaluate.supernet import newest_checkpoint
+
+    space = space_of(arch)
+    found = newest_checkpoint(weights, space, "--weights")
+    trained = found.meta.get("method_config", {}).get("arch") if found.meta.get("method") == "standalone" else None
+    if trained is None:
+        raise UserError(f"--weights {weights}: a {found.meta.get('method')} supernet checkpoint, not a `nas train` "
+                        f"run; give the --out of `nas train` (a supernet's arch: `nas train --init-from`)")
+    if Arch.from_json(trained).hash != arch.hash:
+        raise UserError(f"--weights {weights}: trained arch {Arch.from_json(trained).short_hash}, not the exported "
+                        f"{arch.short_hash}; give the `nas train` dir of this arch (or --rank of that one)")
+    model = space.build(arch)
+    model.load_state_dict(found.load_state()["method"]["model"], strict=True)
+    done = "" if found.meta.get("complete") else f", unfinished: step {found.step} of {found.meta['total_steps']}"
+    return model.eval(), f"trained: {found.path.resolve()}{done}"
+
+
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:
     if got.shape != expected.shape:
         raise NasError(f"export {name}: output shape {tuple(got.shape)} != PyTorch's {tuple(expected.shape)}")
@@ -394,4 +437,5 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
-__all__ = ["Exported", "Exporter", "export", "pick_arch", "write_bytes"]
+__all__ = ["UNTRAINED", "Exported", "Exporter", "export", "find_weights", "load_trained", "pick_arch",
+           "write_bytes"]

@@ -47,21 +47,24 @@ class Signals:
     the watchdog thread, started by `catching_signals`, polls for the deadline it sets.
     """
 
-    def __init__(self, grace_s: float = STOP_GRACE_S) -> None:
+    def __init__(self, grace_s: float = STOP_GRACE_S, hard_exit: bool = True) -> None:
         self.signum: int | None = None
         self.grace_s = grace_s
+        self.hard_exit = hard_exit
         self.deadline: float | None = None
         self.done = threading.Event()
 
     def handle(self, signum: int, frame: Any) -> None:
         if self.signum is not None:
+            if not self.hard_exit:  # the main thread runs handlers: this unwinds whatever it was doing
+                raise KeyboardInterrupt
             _exit_now(signum)
         self.deadline = time.monotonic() + self.grace_s
         self.signum = signum
 
     def watch(self) -> None:
-        """Until `done` is set: end the process once a stop request is older than `grace_s`."""
-        while not self.done.wait(_POLL_S):
+        """Until `done` is set: end the process once a stop request is older than `grace_s` (with `hard_exit`)."""
+        while self.hard_exit and not self.done.wait(_POLL_S):
             if self.signum is not None and self.deadline is not None and time.monotonic() > self.deadline:
                 _exit_now(self.signum)
 
@@ -81,11 +84,13 @@ def _exit_now(signum: int) -> None:
 
 
 @contextmanager
-def catching_signals(grace_s: float = STOP_GRACE_S) -> Iterator[Signals]:
+def catching_signals(grace_s: float = STOP_GRACE_S, hard_exit: bool = True) -> Iterator[Signals]:
     """Our SIGINT/SIGTERM handlers while the block runs (the previous ones after); any failure after a
-    stop request is raised as `Interrupted`. Leaving the block disarms the watchdog."""
+    stop request is raised as `Interrupted`. Leaving the block disarms the watchdog. Without `hard_exit`
+    (a notebook), nothing ends the process: a second signal raises `KeyboardInterrupt` where the main
+    thread is, and the first waits for the orderly stop however long it takes."""
     saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-    signals = Signals(grace_s)
+    signals = Signals(grace_s, hard_exit)
     threading.Thread(target=signals.watch, name="nas-stop-watchdog", daemon=True).start()
     signals.install()
     try:

@@ -48,7 +48,7 @@ def plan_for_run_dir(rd: RunDir, plan: SearchPlan, notify: Callable[[str], None]
         state = "has changed" if path.exists() else "is gone"
         raise UserError(f"latency table {_tail(str(path))} that this run dir was priced with {state}; restore it "
                         "or choose another --run-dir")
-    replanned = plan_search(plan.config.model_copy(update={"hardware": str(path)}))
+    replanned = plan_search(plan.config.model_copy(update={"hardware": str(path)}), plan.evaluator_cls)
     if notify is not None:
         notify(f"resuming with the run dir's latency table {path}; a newer one is at {table['path']} "
                "(a new --run-dir uses it)")

@@ -123,9 +123,11 @@ _RUN_DATA = ("trials.jsonl", "strategy.json", "best.json", "tune")
 """What a search writes once its config is stored: without `config.yaml` beside them, the run dir is damaged."""
 _RUN_FILES = ("config.yaml", *_RUN_DATA)
 """What only a search writes: a directory holding any of these is a run dir."""
-_SCRATCH = re.compile(r"\.lock|\.write-probe|strategy|\.(config\.yaml|strategy\.json|best\.json)\.\d+\..*\.tmp")
-"""What a search leaves before its first file (its lock, a probe, a temp file left by a kill, or the
-`strategy` folder of a library's store, opened before the first state save)."""
+_SCRATCH = re.compile(r"\.lock|\.write-probe|strategy|data-[0-9a-f]{16}\.npz"
+                      r"|\.(config\.yaml|strategy\.json|best\.json|data-[0-9a-f]{16}\.npz)\.\d+\..*\.tmp")
+"""What a search leaves before its first file (its lock, a probe, a temp file left by a kill, the
+`strategy` folder of a library's store, opened before the first state save, or the data set that
+`nas.search` writes before the search starts, `data-<sha256 prefix>.npz`)."""
 
 
 def _has_constant(data: bytes) -> bool:

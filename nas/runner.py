@@ -31,8 +31,8 @@ from typing import Any
 
 from nas.arch import Arch
 from nas.config import Objective, RunConfig
-from nas.errors import NasError
-from nas.evaluate.base import Evaluator, build_evaluator, evaluator_class
+from nas.errors import NasError, UserError
+from nas.evaluate.base import Evaluator, evaluator_class
 from nas.interrupts import Interrupted, Signals, catching_signals
 from nas.plan import SearchPlan, plan_search
 from nas.resume import plan_for_run_dir
@@ -114,6 +114,8 @@ def run_search(
     num_cpus: int | None = None,
     progress: Progress | None = None,
     notify: Callable[[str], None] | None = None,
+    evaluator_cls: type[Evaluator] | None = None,
+    hard_exit: bool = True,
 ) -> SearchResult:
     """Run (or resume) a search in `run_dir`; returns its best archs.
 
@@ -127,14 +129,23 @@ def run_search(
         progress: called after each finished batch.
         notify: called with a line for the user before the search runs (the latency table and its
             scale, a warning when this host runs at another speed than the table's).
+        evaluator_cls: scores the archs in place of the class registered as `config.evaluator`, in this
+            process (`SearchPlan.evaluator_cls`): `nas.search` binds a user's function so. An in-process
+            search only: Ray workers build their evaluator from JSON.
+        hard_exit: whether a second signal, or a stop still running `STOP_GRACE_S` after the first, ends the
+            process at once (the CLI); False raises `KeyboardInterrupt` on the second signal instead and waits
+            for the stop (a notebook's kernel must not die: `nas.search`).
 
     Raises:
         UserError: bad input, checked before anything is written.
         Interrupted: SIGINT or SIGTERM; a re-run resumes.
         NasError: a search that cannot go on (every trial failed, the disk is full, ...).
     """
-    with catching_signals() as signals:
-        plan = plan_search(config)
+    with catching_signals(hard_exit=hard_exit) as signals:
+        if evaluator_cls is not None and not runs_in_process(config.evaluator, address, num_cpus):
+            raise UserError(f"evaluator {config.evaluator} scores archs in this process only, so it takes no Ray "
+                            "cluster; drop address and num_cpus")
+        plan = plan_search(config, evaluator_cls)
         signals.check()
         with RunDir(run_dir) as rd:
             plan = plan_for_run_dir(rd, plan, notify)
@@ -172,7 +183,7 @@ def _search_in_process(search: Search, signals: Signals, notify: Callable[[str],
         search.run_dir.write_config(search.plan.stored_config())
         search.start()
         return
-    evaluator = build_evaluator(search.plan.spec)  # as a Tune worker builds it, before anything is written
+    evaluator = search.plan.build_evaluator()  # as a Tune worker builds it, before anything is written
     if notify is not None:
         _announce_table(search.plan, notify)
     signals.check()
@@ -225,11 +236,16 @@ def _finish(search: Search, rd: RunDir) -> SearchResult:
 
 def _write_report(rd: RunDir, records: list[dict[str, Any]]) -> Path | None:
     """The plots of `nas report`, written at the end of every search; a failure to draw them is a warning,
-    since the search itself is complete (`nas report` draws them again)."""
+    since the search itself is complete (`nas report` draws them again).
+
+    Drawn with the cycle collector off: importing and drawing with matplotlib makes enough objects to set off
+    collections that would scan the search's records (a few dicts per arch) again and again, half the
+    report's time after a hundred thousand archs; matplotlib's objects are freed by refcounting anyway."""
     from nas.run_report import write_search_report
 
     try:
-        write_search_report(rd.path, records)
+        with _no_cyclic_gc():
+            write_search_report(rd.path, records)
     except (NasError, OSError) as err:
         log.warning("the search is complete, but its report was not written (%s); run `nas report --run-dir %s`",
                     str(err).splitlines()[0] if str(err) else type(err).__name__, rd.path)

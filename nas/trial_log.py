@@ -25,6 +25,9 @@ ERROR_CHARS = 500
 _COMMON_FIELDS = ("trial", "arch", "hash", "status", "metrics", "score", "node", "host", "pid", "finished_at")
 _FIELDS = {"ok": {*_COMMON_FIELDS, "feasible"}, "failed": {*_COMMON_FIELDS, "error"}}
 """The fields of a trial line by its status: what `nas.trials.Search.record` writes, no more, no less."""
+_OPTIONAL_FIELDS = {"ok": {"stopped_early"}, "failed": set()}
+"""Fields a line of that status may have besides: `stopped_early` (true) on an arch an early-stopping scheduler
+(`--scheduler asha`) stopped, whose metrics are those of the epochs it reached (`metrics.epochs`)."""
 HEX64 = re.compile(r"[0-9a-f]{64}")
 _MAX_INT = 2**63
 
@@ -100,6 +103,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "finished_at": (_is_time, "an ISO 8601 time with a zone (2026-01-31T12:00:00+00:00)"),
     "feasible": (lambda v: isinstance(v, bool), "true or false"),
     "error": (lambda v: isinstance(v, str) and len(v) <= ERROR_CHARS, f"a message of at most {ERROR_CHARS} chars"),
+    "stopped_early": (lambda v: v is True, "true, on an arch stopped early (absent otherwise)"),
 }
 
 
@@ -118,7 +122,7 @@ def trial_problem(record: Any) -> str | None:
     if not isinstance(status, str) or status not in _FIELDS:
         return f"status is {shorten(status)}; allowed: 'failed', 'ok'"
     fields = _FIELDS[status]
-    missing, unknown = sorted(fields - set(record)), sorted(set(record) - fields)
+    missing, unknown = sorted(fields - set(record)), sorted(set(record) - fields - _OPTIONAL_FIELDS[status])
     if missing or unknown:
         what = f"lacks field {missing[0]}" if missing else f"has unknown field {shorten(unknown[0])}"
         return f"not a trial record: it {what} (a status-{status} record has {', '.join(sorted(fields))})"

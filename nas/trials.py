@@ -288,6 +288,8 @@ class Search:
             if error is None:  # the fields in sorted order, as `trial_line` writes an ok line fastest
                 fields = {"feasible": feasible, "finished_at": now, "hash": arch.hash, "host": host,
                           "metrics": metrics, "node": node, "pid": pid, "score": value, "status": "ok", "trial": trial}
+                if outcome.get("stopped_early") is True:  # by `--scheduler asha`, after `metrics.epochs` epochs
+                    fields["stopped_early"] = True
             elif self._failed_for_good(arch, error):
                 fields = {"error": error, "finished_at": now, "hash": arch.hash, "host": host, "metrics": {},
                           "node": node, "pid": pid, "score": None, "status": "failed", "trial": trial}

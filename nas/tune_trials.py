@@ -8,12 +8,20 @@ error, not a failed trial, so it is retried and then recorded as failed (`nas.tr
 ask and every result is saved to the run dir before Tune sees it, so a search killed at any
 moment resumes. Tune's own files live in a temp dir removed at the end (nothing resumes from
 them); a failure of Tune is one line, its traceback goes to the debug log (`--debug`).
+
+With `--scheduler asha`, Tune's own ASHA scheduler (`ASHAScheduler`) stops poor archs early: a trial
+(one arch, `train`) reports the objective's score and the arch's outcome so far after every epoch
+(`tune.report`), then its final outcome as its last report (the function returns nothing, so nothing
+is reported twice). A trial ASHA stops is recorded from its last report, once, with the epochs it
+reached (`metrics.epochs`) and `stopped_early: true`. ASHA's rungs live in Tune, not in the run dir: a
+resumed search starts them afresh.
 """
 
 from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import shutil
 import socket
@@ -29,9 +37,12 @@ from ray import tune
 from ray.tune.search import Searcher
 
 from nas.arch import Arch
+from nas.config import Objective
 from nas.errors import NasError, UserError
-from nas.evaluate.base import EvaluatorSpec, build_evaluator
+from nas.evaluate.base import EvaluatorSpec, build_evaluator, evaluator_class
+from nas.evaluate.evaluators import TrainEvaluator
 from nas.interrupts import Signals
+from nas.objective import score
 from nas.run_dir import DiskFullError, is_running
 from nas.runner import decode, describe, encode, score_archs
 from nas.trials import Search
@@ -43,15 +54,27 @@ __all__ = ["cluster", "evaluate_trial", "run_tune"]
 
 _EVALUATORS: dict[str, Any] = {}
 
+_SCORE = "nas_score"
+"""What ASHA ranks trials by: the objective's score of the arch's metrics after an epoch."""
+_FINAL = "nas_final"
+"""In a report of a trial that reports epochs: whether it holds the arch's final outcome (not one after an epoch)."""
+_UNSCORED = -1e300
+"""The score reported for an outcome the objective cannot score (a failed arch): below every other, and finite,
+as ASHA's cutoffs (percentiles of the scores at a rung) need."""
 
-def evaluate_trial(config: dict[str, Any]) -> dict[str, Any]:
+
+def evaluate_trial(config: dict[str, Any]) -> dict[str, Any] | None:
     """Tune trial entry point: score a batch of archs in this worker (`nas.runner.score_archs`).
 
     Returns one outcome per arch, `{"metrics": ...}` or `{"error": "Type: message"}`: an arch that
-    fails does not fail its batch, and the driver decides whether to retry it.
+    fails does not fail its batch, and the driver decides whether to retry it. A trial given the
+    search's `objective` (`--scheduler asha`) reports instead: its arch's outcome after every epoch,
+    then the final one, and returns None.
     """
     import ray
 
+    where = {"node": ray.get_runtime_context().get_node_id(), "host": socket.gethostname(), "pid": os.getpid()}
+    reports_epochs = "objective" in config
     try:
         spec = EvaluatorSpec.model_validate(config["spec"])
         key = spec.model_dump_json()
@@ -59,13 +82,48 @@ def evaluate_trial(config: dict[str, Any]) -> dict[str, Any]:
             _EVALUATORS[key] = build_evaluator(spec)
         evaluator = _EVALUATORS[key]
         archs = [decode(evaluator.space, choices) for choices in config["archs"]]
+        objective = Objective.model_validate(config["objective"]) if reports_epochs else None
     except Exception as err:  # the evaluator cannot be built here: every arch of the batch fails alike
         log.debug("batch failed:\n%s", traceback.format_exc())
         results = [{"error": describe(err)}] * len(config["archs"])
+        objective = None
     else:
-        results = score_archs(evaluator, archs)
-    node = ray.get_runtime_context().get_node_id()
-    return {"results": results, "node": node, "host": socket.gethostname(), "pid": os.getpid()}
+        results = score_archs(evaluator, archs) if objective is None else \
+            [_train_reporting_epochs(evaluator, archs[0], objective, where)]
+    if not reports_epochs:
+        return {"results": results, **where}
+    tune.report({"results": results, **where, _SCORE: _score_of(objective, results[0]), _FINAL: True})
+    return None
+
+
+def _train_reporting_epochs(evaluator: TrainEvaluator, arch: Arch, objective: Objective,
+                            where: dict[str, Any]) -> dict[str, Any]:
+    """The outcome of training `arch`, its outcome so far reported to Tune after every epoch but the last
+    (the trial reports the final outcome itself). When ASHA stops the trial, Tune ends this thread inside a
+    report (a `SystemExit`, which passes every handler here)."""
+    epochs = evaluator.config.epochs
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        if epoch < epochs:
+            outcome = {"metrics": metrics}
+            tune.report({"results": [outcome], **where, _SCORE: _score_of(objective, outcome), _FINAL: False})
+
+    try:
+        return {"metrics": evaluator.evaluate(arch, on_epoch=report)}
+    except Exception as err:  # any failure of the arch is recorded against it, as `score_archs` does
+        log.debug("arch failed:\n%s", traceback.format_exc())
+        return {"error": describe(err)}
+
+
+def _score_of(objective: Objective | None, outcome: dict[str, Any]) -> float:
+    """The objective's score of an outcome's metrics, or `_UNSCORED` (a failed arch, metrics it cannot score)."""
+    if objective is None or "metrics" not in outcome:
+        return _UNSCORED
+    try:
+        value = float(score(objective, outcome["metrics"]))
+    except (ArithmeticError, KeyError, TypeError, ValueError):
+        return _UNSCORED
+    return value if math.isfinite(value) else _UNSCORED
 
 
 _SEARCHES: dict[int, tuple[Search, Signals]] = {}
@@ -97,7 +155,10 @@ class _StrategySearcher(Searcher):
             return None if search.in_flight else Searcher.FINISHED
         self.live[trial_id] = archs
         space = search.plan.space
-        return {"spec": search.plan.spec.model_dump(mode="json"), "archs": [encode(space, a) for a in archs]}
+        trial = {"spec": search.plan.spec.model_dump(mode="json"), "archs": [encode(space, a) for a in archs]}
+        if search.config.scheduler.kind == "asha":  # the trial reports its score after every epoch
+            trial["objective"] = search.plan.objective.model_dump(mode="json")
+        return trial
 
     def save(self, checkpoint_path: str) -> None:
         """No-op: the run dir, not Tune, holds the strategy state."""
@@ -110,11 +171,15 @@ class _StrategySearcher(Searcher):
         archs = self.live.pop(trial_id, None)
         if archs is None:  # Tune may report a trial twice; the first report counted
             return
+        reported = result is not None and "results" in result
         try:
-            if result is not None and "results" in result:
+            if reported and result.get(_FINAL, True):
                 search.record(archs, result)
             elif signals.signum is not None or search.stop_error is not None:
                 search.in_flight -= len(archs)  # stopped on purpose: still pending, re-run on resume
+            elif reported:  # ASHA stopped it after an epoch: recorded as it stood then
+                search.record(archs, {**result, "results": [{**outcome, "stopped_early": True}
+                                                            for outcome in result["results"]]})
             else:
                 search.record_lost(archs, "the trial's Ray worker died (killed, or out of memory)")
         except Exception as err:  # a full disk, say: stop the search, raise it when Tune is done
@@ -169,6 +234,7 @@ def run_tune(search: Search, signals: Signals, concurrency: int) -> None:
                     search_alg=_StrategySearcher(search, signals), num_samples=-1,
                     max_concurrent_trials=concurrency, reuse_actors=True,
                     trial_dirname_creator=lambda trial: f"trial-{trial.trial_id}",
+                    **_scheduler(search),
                 ),
                 run_config=tune.RunConfig(
                     name="search", storage_path=str(storage), verbose=0, stop=_StopAll(search),
@@ -184,6 +250,21 @@ def run_tune(search: Search, signals: Signals, concurrency: int) -> None:
         finally:
             _SEARCHES.pop(id(search), None)
     log.info("Ray Tune ran %.1f s", time.perf_counter() - start)
+
+
+def _scheduler(search: Search) -> dict[str, Any]:
+    """Tune's scheduler with the metric it ranks by (`TuneConfig` keys): none for `fifo`, Ray Tune's own ASHA
+    for `asha`, its rungs in epochs (one report each) up to the `train` evaluator's epochs."""
+    config, scheduler = search.config, search.config.scheduler
+    if scheduler.kind != "asha":
+        return {}
+    from ray.tune.schedulers import ASHAScheduler
+
+    epochs = evaluator_class(config.evaluator).config_model.model_validate(search.plan.spec.config).epochs
+    return {"scheduler": ASHAScheduler(time_attr="training_iteration", max_t=epochs,
+                                       grace_period=scheduler.grace_period,
+                                       reduction_factor=scheduler.reduction_factor),
+            "metric": _SCORE, "mode": "max"}
 
 
 _TUNE_PREFIX = "nas-tune-"

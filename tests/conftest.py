@@ -94,3 +94,16 @@ def lut_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 from tests.cli_harness import in_tmp_dir, warm_cli  # noqa: E402, F401  (fixtures for CLI test modules)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Torch on one thread in the test process: the tests run tiny networks, which take milliseconds on one
+    thread and seconds on two threads of a 2-core machine shared with the Ray workers and subprocesses the
+    tests start. Subprocesses keep their own setting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

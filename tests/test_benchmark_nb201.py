@@ -98,8 +98,12 @@ def test_a_space_that_runs_out_ends_the_run_like_a_search(bench, monkeypatch):
 
     monkeypatch.setattr(bench, "Deduplicated", lambda strategy: Deduplicated(strategy, max_draws=3))
     monkeypatch.setitem(bench.ENTRIES, "stuck", bench.Entry("random"))
-    monkeypatch.setattr("nas.strategies.random.RandomSearch._propose",
-                        lambda self: self.space.make_arch({d.name: d.choices[1] for d in self.space.decisions()}))
+    # A space where every draw and every mutation is the same arch: it runs out after one.
+    def only(space, *args):
+        return space.make_arch({d.name: d.choices[1] for d in space.decisions()})
+
+    monkeypatch.setattr("nas.space.SearchSpace.sample", only)
+    monkeypatch.setattr("nas.space.SearchSpace.mutate", only)
     run = bench.run_one("stuck", 0, archs=ARCHS)
     assert run["exhausted"] == 1 and len(run["accuracy"]) == 1
 

@@ -180,7 +180,8 @@ def _resume(lut_path: Path, run_dir: Path, trials: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(("signum", "code"), [pytest.param(signal.SIGINT, 130, marks=pytest.mark.exhaustive),
+                                              (signal.SIGTERM, 143)])  # SIGINT: on Ray, tests/test_search_faults.py
 def test_a_signal_stops_an_in_process_search_with_one_line_and_it_resumes(
         lut_path: Path, tmp_path: Path, signum: int, code: int) -> None:
     run_dir, err = tmp_path / "run", tmp_path / "stderr.txt"

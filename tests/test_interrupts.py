@@ -59,3 +59,17 @@ def test_the_watchdog_stays_quiet_when_the_stop_finishes_in_time() -> None:
         "        time.sleep(0.1)\n        s.check()\nexcept Interrupted:\n    pass\ntime.sleep(2)\nprint('lived on')")],
         capture_output=True, text=True, timeout=60, env={**os.environ})
     assert done.returncode == 0 and done.stdout.strip() == "lived on" and done.stderr == "", done.stderr[-3000:]
+
+
+def test_without_hard_exit_a_slow_stop_is_waited_for_and_a_second_signal_is_a_keyboard_interrupt() -> None:
+    """`nas.search` in a notebook: the kernel is never ended; Ctrl+C twice unwinds the call instead."""
+    done = subprocess.run([sys.executable, "-c", (
+        "import os, signal, time\nfrom nas.interrupts import catching_signals\n"
+        "with catching_signals(grace_s=0.5, hard_exit=False) as s:\n    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    time.sleep(1.5)\n    print('outlived the grace period', s.signum == signal.SIGINT)\n"
+        "try:\n    with catching_signals(hard_exit=False):\n        os.kill(os.getpid(), signal.SIGINT)\n"
+        "        time.sleep(0.1)\n        os.kill(os.getpid(), signal.SIGINT)\n        time.sleep(5)\n"
+        "except KeyboardInterrupt:\n    print('second signal unwound')\n")],
+        capture_output=True, text=True, timeout=60, env={**os.environ})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines() == ["outlived the grace period True", "second signal unwound"], done.stderr[-3000:]

@@ -6,7 +6,8 @@ classes) ships with scikit-learn, so it needs no download: it is upscaled biline
 to R x R, replicated to three channels and split per class with a seeded
 `numpy.random.Generator`. `cifar10` reads the standard python-pickle release
 (`cifar-10-batches-py`): train from the `data_batch_*` files present, validation
-from `test_batch`. Nothing is ever downloaded. Each CIFAR-10 file is read once per
+from `test_batch`. `npz` reads a user's own data set from one `.npz` file
+(`nas.evaluate.npz_data`). Nothing is ever downloaded. Each CIFAR-10 file is read once per
 process while it is unchanged (cached by path, modification time and size), so a
 search checks the whole data set at its start and its workers reload it cheaply.
 A batch file is untrusted input: it is size-bounded, its pickle operations are counted
@@ -32,8 +33,8 @@ import torch.nn.functional as F
 from nas.errors import UserError, shorten
 from nas.files import check_regular
 
-DATASETS = ("cifar10", "digits")
-DATA_DIR_DATASETS = ("cifar10",)
+DATASETS = ("cifar10", "digits", "npz")
+DATA_DIR_DATASETS = ("cifar10", "npz")
 """The data sets read from a `data_dir`; the others ship with a library and take none."""
 
 # Per-channel statistics of the CIFAR-10 training set (the usual published values).
@@ -75,9 +76,9 @@ def load_dataset(
     """Load data set `name` at `resolution` x `resolution`.
 
     Args:
-        name: `digits` (bundled with scikit-learn) or `cifar10` (needs `data_dir`).
-        data_dir: directory of the CIFAR-10 python release; None for `digits`, which ships with
-            scikit-learn (a data dir given with it is refused, not ignored).
+        name: `digits` (bundled with scikit-learn), `cifar10` or `npz` (both need `data_dir`).
+        data_dir: directory of the CIFAR-10 python release, or the `.npz` file of `npz`; None for
+            `digits`, which ships with scikit-learn (a data dir given with it is refused, not ignored).
         resolution: side of the square images the network sees.
         seed: seed of the digits train/validation split (CIFAR-10 has a fixed one).
         val_fraction: share of each digits class held out for validation.
@@ -93,6 +94,10 @@ def load_dataset(
         if not 0.0 < val_fraction < 1.0:
             raise UserError(f"--val-fraction: must lie strictly between 0 and 1, got {shorten(val_fraction)}")
         return _digits(resolution, seed, float(val_fraction))
+    if name == "npz":
+        from nas.evaluate.npz_data import load_npz
+
+        return load_npz(data_dir, resolution)
     return _cifar10(data_dir, resolution)
 
 

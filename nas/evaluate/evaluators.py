@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,9 +51,9 @@ class TrainConfig(EvaluatorConfig):
     """Short-training settings: a proxy of the final accuracy, not a full training.
 
     `data` is one of `nas.evaluate.data.DATASETS`; `data_dir` is given exactly for the data sets
-    read from disk (`DATA_DIR_DATASETS`: cifar10; digits ships with scikit-learn), is bounded like
-    every path, and is made absolute when validated: the evaluator may be built in a Ray worker
-    that runs in another working directory.
+    read from disk (`DATA_DIR_DATASETS`: cifar10, a directory; npz, a user's `.npz` file; digits
+    ships with scikit-learn), is bounded like every path, and is made absolute when validated: the
+    evaluator may be built in a Ray worker that runs in another working directory.
     """
 
     model_config = ConfigDict(allow_inf_nan=False)
@@ -146,7 +146,17 @@ class TrainEvaluator(Evaluator):
         load_dataset(self.config.data, self.config.data_dir, resolution=self.space.config.resolution,
                      seed=self.config.seed)
 
-    def evaluate(self, arch: Arch) -> dict[str, float]:
+    def evaluate(self, arch: Arch, on_epoch: Callable[[int, dict[str, float]], None] | None = None
+                 ) -> dict[str, float]:
+        """The metrics of `arch` after `epochs` of training; `epochs` in them is the number trained.
+
+        Args:
+            arch: the arch to build and train.
+            on_epoch: called as `on_epoch(epoch, metrics)` after each epoch with the metrics this method
+                returns as they stand then (`epochs` = epoch): what an early-stopping scheduler (ASHA)
+                judges the arch by; an exception it raises stops the training. The cost metrics are known
+                before training, so an objective that reads latency can score every epoch.
+        """
         import torch
 
         from nas.evaluate.data import load_dataset
@@ -157,12 +167,18 @@ class TrainEvaluator(Evaluator):
         data = load_dataset(
             self.config.data, self.config.data_dir, resolution=self.space.config.resolution, seed=self.config.seed
         )
+        cost = self.cost_metrics(arch)
+
+        def metrics_of(epoch: int, result: dict[str, float]) -> dict[str, float]:
+            return {**cost, "accuracy": result["accuracy"], "train_loss": result["train_loss"], "epochs": epoch,
+                    "eval_seconds": time.perf_counter() - start}
+
         torch.manual_seed(self.config.seed)
         model = self.space.build(arch)
         result = train_and_evaluate(
             model, data, epochs=self.config.epochs, batch_size=self.config.batch_size,
             lr=self.config.lr, seed=self.config.seed,
+            on_epoch=None if on_epoch is None else lambda epoch, result: on_epoch(epoch, metrics_of(epoch, result)),
         )
-        metrics = {**self.cost_metrics(arch), "accuracy": result["accuracy"], "train_loss": result["train_loss"]}
-        metrics["eval_seconds"] = time.perf_counter() - start
-        return metrics
+        # A diverged training stops early too, but reports its epochs as planned: its train_loss is null.
+        return metrics_of(self.config.epochs, result)

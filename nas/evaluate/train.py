@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -27,6 +28,10 @@ _WEIGHT_DECAY = 4e-5
 _LABEL_SMOOTHING = 0.1
 
 
+OnEpoch = Callable[[int, dict[str, float]], None]
+"""`on_epoch(epoch, metrics)` of `train_and_evaluate`: epochs count from 1."""
+
+
 def train_and_evaluate(
     model: nn.Module,
     data: Dataset,
@@ -35,6 +40,7 @@ def train_and_evaluate(
     lr: float = 0.05,
     seed: int = 0,
     max_batches: int | None = None,
+    on_epoch: OnEpoch | None = None,
 ) -> dict[str, float]:
     """Train `model` in place on `data.x_train`, then measure accuracy on `data.x_val`.
 
@@ -46,6 +52,12 @@ def train_and_evaluate(
         lr: initial learning rate, decayed to zero by a per-step cosine.
         seed: seeds weight-independent randomness: batch order and `torch` ops (dropout).
         max_batches: cap on steps per epoch, for quick smoke runs.
+        on_epoch: called as `on_epoch(epoch, metrics)` after each epoch (1, 2, ...) that did not
+            diverge, with the metrics this function returns measured then (after the last epoch,
+            exactly the returned ones): what an early-stopping scheduler judges an arch by. Each
+            call costs a BN recalibration and a validation pass, outside `train_seconds`; training
+            itself is unchanged (the RNG state is restored), so the returned numbers are the same
+            with or without it. An exception it raises stops the training.
 
     Returns:
         `accuracy` (top-1 on validation, 0..1), `train_loss` (mean loss of the last
@@ -65,6 +77,7 @@ def train_and_evaluate(
 
     model.train()
     start = time.perf_counter()
+    eval_seconds = 0.0  # spent measuring epochs for `on_epoch`: not training time
     for epoch in range(epochs):
         perm = torch.randperm(n, generator=order)
         loss_sum, seen = 0.0, 0
@@ -81,11 +94,32 @@ def train_and_evaluate(
         if not math.isfinite(loss_sum):
             log.warning("training diverged in epoch %d (loss %s); stopping early", epoch + 1, loss_sum)
             break
+        if on_epoch is not None and epoch + 1 < epochs:  # the last epoch is reported with the result below
+            tick = time.perf_counter()
+            metrics = _measure(model, data, batch_size, loss_sum / seen, tick - start - eval_seconds)
+            eval_seconds += time.perf_counter() - tick
+            on_epoch(epoch + 1, metrics)
     recalibrate_bn(model, data, batch_size)
-    train_seconds = time.perf_counter() - start
+    train_seconds = time.perf_counter() - start - eval_seconds
     train_loss = loss_sum / seen if math.isfinite(loss_sum) else math.nan
-    return {"accuracy": accuracy(model, data, batch_size=4 * batch_size),
-            "train_loss": train_loss, "train_seconds": train_seconds}
+    result = {"accuracy": accuracy(model, data, batch_size=4 * batch_size),
+              "train_loss": train_loss, "train_seconds": train_seconds}
+    if on_epoch is not None and math.isfinite(loss_sum):
+        on_epoch(epochs, dict(result))
+    return result
+
+
+def _measure(model: nn.Module, data: Dataset, batch_size: int, train_loss: float,
+             train_seconds: float) -> dict[str, float]:
+    """The metrics of `train_and_evaluate` after an epoch, leaving training as it was: BN is recalibrated (as at
+    the end) and the model put back in train mode, and the RNG state is restored (a BN pass in train mode may
+    draw from it, for dropout), so the next epoch trains exactly as it would have without this measurement."""
+    device = next(model.parameters()).device
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        recalibrate_bn(model, data, batch_size)
+        value = accuracy(model, data, batch_size=4 * batch_size)
+    model.train()
+    return {"accuracy": value, "train_loss": train_loss, "train_seconds": train_seconds}
 
 
 def recalibrate_bn(model: nn.Module, data: Dataset, batch_size: int, max_batches: int = 20) -> None:
@@ -140,4 +174,4 @@ def _check_positive(**values: float | None) -> None:
             raise UserError(f"{flag}: must be positive, got {value!r}")
 
 
-__all__ = ["accuracy", "recalibrate_bn", "train_and_evaluate"]
+__all__ = ["OnEpoch", "accuracy", "recalibrate_bn", "train_and_evaluate"]

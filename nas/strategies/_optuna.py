@@ -13,7 +13,8 @@ again, at most `max_invalid_draws` times per arch. TPE ranks pruned trials among
 ones, so it learns to avoid such sets; NSGA-II leaves them out of its populations. When
 every draw is invalid the arch comes from the space's own rejection sampler (uniform over
 valid archs, from the strategy's seeded RNG), is enqueued as the trial's fixed parameters,
-and a warning says so.
+and a warning says so. An arch the strategy adopts (`Strategy.adopt`: the dedup wrapper's
+unseen arch in place of a repeat) is enqueued the same way, so the sampler learns from it.
 
 Exact resume: the JSON state holds the journal's mark (byte size and sha256, or the lines
 in memory), the state of every numpy `RandomState` inside the sampler (found by walking its
@@ -212,8 +213,17 @@ class OptunaStrategy(Strategy):
         logger.warning("%s: %d parameter sets in a row broke the rules of space %s; asking for the uniform valid "
                        "arch %s instead", type(self).__name__, self.config.max_invalid_draws, self.space.name,
                        arch.short_hash)
+        return arch, self._enqueued(arch)
+
+    def _adopted(self, arch: Arch) -> None:
+        """A RUNNING trial with the arch's choices as fixed parameters, so its tell completes a trial of its own."""
+        self._trials.setdefault(arch.hash, []).append(self._enqueued(arch))
+
+    def _enqueued(self, arch: Arch) -> int:
+        """The number of a new RUNNING trial whose parameters are the arch's choices."""
+        study = self.study
         study.enqueue_trial(dict(arch.choices))
-        return arch, study.ask(self._distributions).number
+        return study.ask(self._distributions).number
 
     def _take_trial(self, arch: Arch) -> int:
         numbers = self._trials[arch.hash]

@@ -4,7 +4,8 @@ A strategy proposes archs (`ask(n)`) and learns from their metrics (`tell`); it 
 loop, Ray or timer. `ask` may run many times before any `tell`, and tells may come in any
 order. A strategy sees the whole metrics dict of each arch and reads it through the search's
 objective (`nas.objective`): a scalar strategy maximises `self.score(metrics)`, a Pareto one
-reads `self.values(metrics)`. Its whole state is JSON (`state_dict`), so a search resumes
+reads `self.values(metrics)`. A strategy learns between batches of asks, so it says how many archs
+are worth asking at once (`ask_batch`). Its whole state is JSON (`state_dict`), so a search resumes
 exactly: same seed and same tell history give the same asks. A strategy whose library keeps
 its own store (Optuna's journal) gets a `workdir` inside the run dir for it, and must bring
 that store back to its saved state in `load_state_dict`.
@@ -28,6 +29,8 @@ from nas.space import SearchSpace
 
 SCALAR_KINDS = frozenset({"constrained", "weighted"})
 ALL_KINDS = frozenset({"constrained", "weighted", "pareto"})
+ANY_BATCH = 1_000_000_000
+"""`Strategy.ask_batch` of a strategy whose asks never depend on its tells: a batch of any size."""
 
 
 class StrategyConfig(Frozen):
@@ -49,7 +52,9 @@ class Strategy(ABC):
 
     Subclasses register with `@STRATEGIES.register(name)`, set `config_model` (and `objectives`,
     the objective kinds they take), and implement `_propose` (and `_observe`, `_state`,
-    `_load_state` when they learn; `_propose_many` when asking for several at once is cheaper).
+    `_load_state` when they learn; `_propose_many` when asking for several at once is cheaper;
+    `ask_batch` when a batch of asks loses nothing; `_adopted` when a told arch must be one the
+    strategy's library opened).
     """
 
     config_model: ClassVar[type[StrategyConfig]] = StrategyConfig
@@ -69,14 +74,39 @@ class Strategy(ABC):
         self.n_asked = 0
         self.n_told = 0
 
+    @property
+    def ask_batch(self) -> int:
+        """The most archs worth asking at once, before their results come back.
+
+        A strategy learns only between batches: asked all at once, a search's archs all come from the
+        strategy's initial state, as in random search. Where a batch may be of any size (archs scored in
+        the search process, `nas.plan`), a search asks at most this many at once. 1 by default (learn
+        from every tell); a strategy whose asks do not change until several tells are in (a generation
+        of a genetic algorithm, a policy update) or never change (random search) says more.
+        """
+        return 1
+
     def ask(self, n: int = 1) -> list[Arch]:
         """The next `n` archs to evaluate (a batch: one per free worker)."""
         archs = self._propose_many(n)
         for arch in archs:
-            self._pending[arch.hash] += 1
-            self._pending_archs[arch.hash] = arch
-        self.n_asked += len(archs)
+            self._add_pending(arch)
         return archs
+
+    def adopt(self, arch: Arch) -> None:
+        """Take `arch`, chosen outside the strategy, as if the strategy had asked it: it is pending, and its
+        tell (or forget) teaches the strategy as one of its own asks would.
+
+        The dedup wrapper adopts an unseen arch when the strategy proposes only archs the search has seen
+        (`nas.strategies.dedup`), so a converged strategy goes on past its repeats.
+        """
+        self._adopted(arch)
+        self._add_pending(arch)
+
+    def _add_pending(self, arch: Arch) -> None:
+        self._pending[arch.hash] += 1
+        self._pending_archs[arch.hash] = arch
+        self.n_asked += 1
 
     def tell(self, arch: Arch, metrics: Mapping[str, float]) -> float:
         """Report the metrics of an asked arch; returns its scalar score (`nas.objective.score`)."""
@@ -125,6 +155,10 @@ class Strategy(ABC):
 
     def _forgotten(self, arch: Arch) -> None:
         """An asked arch will never be told (no-op by default; a library's open trial is closed here)."""
+
+    def _adopted(self, arch: Arch) -> None:
+        """`arch` is taken as asked though `_propose` did not give it (`adopt`; no-op by default: a strategy
+        that learns from any told arch needs nothing; a library opens a trial with these choices here)."""
 
     def _state(self) -> dict[str, Any]:
         return {}

@@ -91,6 +91,11 @@ class EarlyExitEvolution(Strategy):
         self._params: dict[str, int] = {}  # arch hash -> params, a cache for the beta test
 
     # -- proposing -------------------------------------------------------------------
+    @property
+    def ask_batch(self) -> int:
+        """A generation: its children are bred from the survivors, which change only when it is all told."""
+        return self.config.population_size
+
     def _propose(self) -> Arch:
         if not self.population:
             return self._under_beta(lambda: self.space.sample(self.rng), "an initial arch")

@@ -60,6 +60,13 @@ class RegularizedEvolution(Strategy):
         super().__init__(*args, **kwargs)
         self.population: deque[tuple[Arch, float]] = deque(maxlen=self.config.population_size)
 
+    @property
+    def ask_batch(self) -> int:
+        """A fifth of the population (10 of the default 50): a batch's children are bred without their siblings'
+        results. On NAS-Bench-201 (population 50, 40 seeds) batches of 1, 5, 10 and 25 found equally good archs
+        at 100 and 300 archs; a batch of the whole population was worse at 100."""
+        return max(1, self.config.population_size // 5)
+
     def _propose(self) -> Arch:
         return self._propose_many(1)[0]
 

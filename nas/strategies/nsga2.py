@@ -52,6 +52,11 @@ class NSGA2(OptunaStrategy):
     config_model = NSGA2Config
     config: NSGA2Config
 
+    @property
+    def ask_batch(self) -> int:
+        """A generation: Optuna breeds it from the previous generations, not from its own results."""
+        return self.config.population_size
+
     def _make_sampler(self, seed: int) -> BaseSampler:
         config = self.config
         return NSGAIISampler(population_size=config.population_size, crossover_prob=config.crossover_prob,

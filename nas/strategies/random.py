@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from nas.arch import Arch
 from nas.registry import STRATEGIES
-from nas.strategies.base import ALL_KINDS, Strategy
+from nas.strategies.base import ALL_KINDS, ANY_BATCH, Strategy
 
 
 @STRATEGIES.register("random")
 class RandomSearch(Strategy):
-    """Uniform sampling; learns nothing from tells, so it follows any objective."""
+    """Uniform sampling; learns nothing from tells, so it follows any objective and asks batches of any size."""
 
     objectives = ALL_KINDS
+    ask_batch = ANY_BATCH
 
     def _propose(self) -> Arch:
         return self.space.sample(self.rng)

@@ -33,6 +33,8 @@ Settings and sources are in strategies/rl.yaml. Deviations:
   spaces of 6 to 45 decisions.
 - Archs that break a space rule (`space.check`) are drawn again from the policy (up to
   `space.max_draws` rounds per ask); the kept arch's log-probability is that of its own draw.
+- An arch the policy did not draw (`Strategy.adopt`: the dedup wrapper's unseen arch in place of
+  a repeat) is learnt with its log-probability under the policy when it was adopted.
 - Defaults suit searches of hundreds to thousands of archs: a higher learning rate and entropy weight
   than the paper's 20,000-arch search (rl.yaml gives both, and the NAS-Bench-201 runs that chose them).
 Torch runs on one thread inside the strategy (the caller's setting is restored after each call),
@@ -255,6 +257,11 @@ class RLController(Strategy):
         self.n_updates = 0
 
     # -- asking -----------------------------------------------------------------------
+    @property
+    def ask_batch(self) -> int:
+        """One policy update's worth: the policy changes only when `batch_size` archs are told."""
+        return self.config.batch_size
+
     def _propose(self) -> Arch:
         return self._propose_many(1)[0]
 
@@ -295,6 +302,16 @@ class RLController(Strategy):
 
     def _forgotten(self, arch: Arch) -> None:
         self._pop(arch)
+
+    def _adopted(self, arch: Arch) -> None:
+        """Keep the arch's tokens and their log-probabilities under the policy now, as if it had drawn them:
+        PPO's ratios start at 1 for it, as for an arch asked now."""
+        import torch
+
+        tokens = [index[arch.choices[d.name]] for d, index in zip(self._decisions, self._tokens, strict=True)]
+        with _one_thread(), torch.no_grad():
+            logp, _ = self._policy.log_probs(torch.tensor([tokens], dtype=torch.long))
+        self._in_flight.setdefault(arch.hash, deque()).append((tokens, logp[0].tolist()))
 
     def _pop(self, arch: Arch) -> tuple[list[int], list[float]]:
         queue = self._in_flight[arch.hash]

@@ -54,7 +54,7 @@ def test_normalize_refuses_bad_values() -> None:
     ("train", {"data": "digits", "data_dir": "/data"}, ["'digits' takes no data dir"]),
     ("train", {"data": "cifar10", "data_dir": ""}, ["data_dir: an empty path"]),
     ("train", {"data": "cifar10", "data_dir": "d" * 300}, ["component of 300 bytes"]),
-    ("train", {"data": "mnist"}, ["data: unknown data set; allowed: cifar10, digits; got 'mnist'"]),
+    ("train", {"data": "mnist"}, ["data: unknown data set; allowed: cifar10, digits, npz; got 'mnist'"]),
 ])
 def test_evaluator_configs_refuse_what_they_would_ignore(name: str, config: dict, needles: list[str]) -> None:
     with pytest.raises(UserError) as err:

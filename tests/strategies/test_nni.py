@@ -171,3 +171,37 @@ def test_nni_is_imported_lazily_and_prints_nothing_on_stdout() -> None:
     assert done.returncode == 0, done.stderr
     assert done.stdout == "", done.stdout
     assert "INFO" not in done.stderr, done.stderr
+
+
+def _nb201_best(strategy, evaluator, archs: int) -> float:
+    """The best validation accuracy of `archs` distinct archs, asked one at a time as an in-process search does."""
+    from nas.strategies.dedup import Deduplicated
+
+    search, best = Deduplicated(strategy), 0.0
+    for _ in range(archs):
+        (arch,) = search.ask()
+        metrics = evaluator.evaluate(arch)
+        search.tell(arch, metrics)
+        best = max(best, metrics["accuracy"])
+    return best
+
+
+def test_nni_tpe_beats_random_search_on_nas_bench_201() -> None:
+    """NNI's TPE proposes repeats of its few best archs from about its 25th ask on; NNI's own Deduplicator turned
+    them into grid-search points (about 88% of its proposals), and its best stayed at the 25-arch value: below
+    random search at 100 archs (150 seeds: 90.82% against 91.05%). Its repeats now go to the run loop's
+    deduplication, which tells them and then adopts an unseen neighbour (10 seeds: 91.36%)."""
+    from nas.evaluate.tabular import TabularConfig, TabularEvaluator
+    from nas.strategies.base import StrategyConfig
+    from nas.strategies.random import RandomSearch
+
+    space = load_space("nasbench201")
+    objective = Objective(metric="accuracy", mode="max")
+    seeds = range(6)
+    tpe, rs = [], []
+    for seed in seeds:
+        evaluator = TabularEvaluator(space, TabularConfig(seed=seed), None)
+        tpe.append(_nb201_best(build_strategy("nni", {"tuner": "TPE"}, space, objective, seed), evaluator, 100))
+        evaluator = TabularEvaluator(space, TabularConfig(seed=seed), None)
+        rs.append(_nb201_best(RandomSearch(space, StrategyConfig(), objective, seed), evaluator, 100))
+    assert np.mean(tpe) > np.mean(rs), (tpe, rs)
