@@ -24,7 +24,8 @@ dots, which parameter and module names cannot: `module_name` maps them.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import torch
@@ -88,6 +89,20 @@ class Supernet(nn.Module, ABC):
         self.space.check_own(arch)
         self._activate(arch)
         self.active = arch
+
+    @contextmanager
+    def activated(self, arch: Arch) -> Iterator[None]:
+        """`arch` active while the block runs, and the arch active before (or none) after: for reading one
+        arch's slices (`arch_state_dict`) without changing what the supernet runs."""
+        previous = self.active
+        self.activate(arch)
+        try:
+            yield
+        finally:
+            if previous is None:
+                self.active = None
+            else:
+                self.activate(previous)
 
     def forward(self, x: torch.Tensor, arch: Arch | None = None) -> torch.Tensor:
         """A forward pass of `arch` (made active), or of the active arch when None."""

@@ -93,20 +93,13 @@ class OFAMobileNetV3Supernet(Supernet):
 
     def arch_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
         """The active slots' sliced tensors and the fixed parts, named as in `build(arch)`."""
-        previous = self.active
-        self.activate(arch)
-        try:
+        with self.activated(arch):
             state: dict[str, torch.Tensor] = {}
             for name in self._front + self._back:
                 state.update(collect_active_state(self.get_submodule(name), f"{name}."))
             for name in self._stages:  # slots are children of `build`'s Sequential itself
                 state.update(collect_active_state(self.get_submodule(name)))
             return state
-        finally:
-            if previous is None:
-                self.active = None
-            else:
-                self.activate(previous)
 
     def choice_points(self) -> Mapping[str, nn.Module]:
         """`s{i}.depth` -> the stage; `s{i}.b{j}.kernel` and `.expand` -> the slot's elastic MBConv."""

@@ -145,18 +145,11 @@ class SinglePathSupernet(Supernet):
 
     def arch_state_dict(self, arch: Arch) -> dict[str, torch.Tensor]:
         """The sliced tensors of `arch`'s layers and the fixed parts, named as in `build(arch)`."""
-        previous = self.active
-        self.activate(arch)
-        try:
+        with self.activated(arch):
             state: dict[str, torch.Tensor] = {}
             for name in self._active_names():
                 state.update(collect_active_state(self.get_submodule(name), f"{name}."))
             return state
-        finally:
-            if previous is None:
-                self.active = None
-            else:
-                self.activate(previous)
 
     def choice_points(self) -> Mapping[str, SuperkernelMBConv]:
         """`s{stage}.b{block}.op` -> its superkernel layer, in network order."""
