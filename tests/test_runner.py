@@ -30,8 +30,11 @@ def _lines(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "trials.jsonl").read_text().splitlines()]
 
 
-_PATHS = pytest.mark.parametrize("num_cpus", [None, 2], ids=["in_process", "ray_tune"])
-"""`num_cpus` None scores a lut search in process; 2 runs its archs as Ray Tune trials on the test's cluster."""
+_PATHS = pytest.mark.parametrize("num_cpus", [None, pytest.param(2, marks=pytest.mark.exhaustive)],
+                                 ids=["in_process", "ray_tune"])
+"""`num_cpus` None scores a lut search in process; 2 runs its archs as Ray Tune trials on the test's cluster
+(exhaustive: tests/test_in_process.py shows both paths write the same trial log, and tests/test_cluster.py and
+tests/test_search_faults.py kill and resume searches on Ray)."""
 
 
 @_PATHS

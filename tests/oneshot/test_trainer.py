@@ -86,6 +86,7 @@ def test_sigint_stops_within_seconds_with_a_checkpoint(tmp_path: Path) -> None:
     assert not (run_dir / ".stop-request").exists()
 
 
+@pytest.mark.exhaustive  # Ray Train itself runs in make test: two workers below
 def test_one_ray_worker_trains_as_in_process(tmp_path: Path, unbroken: Path) -> None:
     proc = run_cli(*cli_args(tmp_path / "run", "--workers", "1"), timeout=300)
     assert proc.returncode == 0, proc.stderr
