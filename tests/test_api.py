@@ -301,6 +301,7 @@ def test_a_full_disk_while_writing_the_data_leaves_nothing(tmp_path: Path, monke
 
 
 @pytest.mark.slow
+@pytest.mark.exhaustive  # two Ray clusters in a row; the arrays' checks and the npz loader run in make test
 @pytest.mark.usefixtures("warm_cli")
 def test_a_user_data_set_trains_archs_and_its_run_dir_resumes_from_the_cli(lut_path: Path, tmp_path: Path) -> None:
     """Ray workers read the arrays from the run dir's `.npz`; the CLI resumes the run with `--data npz`; other

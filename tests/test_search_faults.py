@@ -91,9 +91,9 @@ def _start(args: list[str], err: Path) -> subprocess.Popen:
                             stdout=subprocess.DEVNULL, stderr=open(err, "w"))
 
 
-# SIGTERM's stop is the same code path as SIGINT's; the in-process twin of this test (tests/test_in_process.py)
-# sends SIGTERM by default, so on Ray it is exhaustive.
-@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130),
+# Exhaustive: on Ray, make test stops searches with SIGTERM to the whole process group and with SIGINT or SIGTERM
+# while the cluster starts (below); the in-process twin of this test (tests/test_in_process.py) sends SIGTERM.
+@pytest.mark.parametrize(("signum", "code"), [pytest.param(signal.SIGINT, 130, marks=pytest.mark.exhaustive),
                                               pytest.param(signal.SIGTERM, 143, marks=pytest.mark.exhaustive)])
 def test_a_signal_stops_the_search_cleanly_and_the_same_command_resumes(
         lut_path: Path, tmp_path: Path, signum: int, code: int) -> None:
@@ -280,7 +280,7 @@ def test_a_stop_that_hangs_in_ray_ends_after_the_grace_period_with_the_same_line
     assert len(done) >= 50 and done == list(range(len(done)))
 
 
-@pytest.mark.parametrize("victim", ["gcs_server", "raylet"])
+@pytest.mark.parametrize("victim", [pytest.param("gcs_server", marks=pytest.mark.exhaustive), "raylet"])
 def test_a_cluster_process_killed_under_the_search_ends_it_at_once_with_one_line(
         lut_path: Path, tmp_path: Path, victim: str) -> None:
     run_dir, err = tmp_path / "run", tmp_path / "stderr.txt"
