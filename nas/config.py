@@ -33,6 +33,8 @@ from nas.limits import SEED_LIMIT, path_problem
 ROOT = Path(__file__).resolve().parents[1]
 SPACES_DIR = ROOT / "search_spaces"
 STRATEGIES_DIR = ROOT / "strategies"
+METHODS_DIR = ROOT / "methods"
+"""`methods/<name>.yaml`: each one-shot method's defaults; the files are also the list of methods."""
 PROFILES_DIR = ROOT / "hardware_profiles"
 
 

@@ -61,9 +61,9 @@ def violations(objective: Objective, metrics: Mapping[str, float]) -> dict[str, 
     return broken
 
 
-def _violation(objective: Objective, metrics: Mapping[str, float]) -> float:
-    """Total relative amount by which `metrics` break the bounds (0 when feasible)."""
-    return sum(value / bound - 1.0 for value, bound in violations(objective, metrics).values())
+def _violation(broken: Mapping[str, list[float]]) -> float:
+    """Total relative amount by which the broken bounds (`violations`) are broken (0 when none is)."""
+    return sum(value / bound - 1.0 for value, bound in broken.values())
 
 
 def reward(objective: Objective, metrics: Mapping[str, float]) -> float:
@@ -81,7 +81,17 @@ def score(objective: Objective, metrics: Mapping[str, float]) -> float:
     An arch that breaks a hard bound scores `INFEASIBLE * (1 + total relative violation)`, so
     among infeasible archs the one nearer the bounds ranks higher.
     """
-    violation = _violation(objective, metrics)
+    return judge(objective, metrics)[0]
+
+
+def judge(objective: Objective, metrics: Mapping[str, float]) -> tuple[float, bool]:
+    """(`score`, whether `metrics` keep every bound), the bounds checked once."""
+    broken = violations(objective, metrics)
+    return _score(objective, metrics, broken), not broken
+
+
+def _score(objective: Objective, metrics: Mapping[str, float], broken: Mapping[str, list[float]]) -> float:
+    violation = _violation(broken)
     if violation > 0:
         return INFEASIBLE * (1.0 + violation)
     if objective.kind == "weighted":

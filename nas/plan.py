@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from nas import objective as objectives
 from nas.config import Objective, RunConfig
 from nas.errors import UserError
-from nas.evaluate.base import Evaluator, EvaluatorSpec, build_evaluator, evaluator_class
+from nas.evaluate.base import Evaluator, EvaluatorSpec, evaluator_class
 from nas.objective import metrics_read
 from nas.space import SearchSpace, load_space
 from nas.strategies.base import build_strategy
@@ -51,12 +51,12 @@ class SearchPlan:
     evaluator_cls: type[Evaluator] | None = None
 
     def build_evaluator(self) -> Evaluator:
-        """The plan's evaluator, in this process: built from `spec` as a Ray worker builds it, or of `evaluator_cls`."""
-        if self.evaluator_cls is None:
-            return build_evaluator(self.spec)
+        """The plan's evaluator, in this process: of the class `spec` names (or `evaluator_cls`), its config parsed
+        from `spec` as a Ray worker parses it, with the plan's space and table (a worker loads them again from
+        `spec`, the table checked against its hash; here they are the very objects `spec` was made from)."""
         from nas.config import parse
 
-        cls = self.evaluator_cls
+        cls = self.evaluator_cls or evaluator_class(self.spec.evaluator)
         return cls(self.space, parse(cls.config_model, self.spec.config, f"evaluator {self.spec.evaluator} config"),
                    self.table)
 

@@ -183,7 +183,7 @@ def _search_in_process(search: Search, signals: Signals, notify: Callable[[str],
         search.run_dir.write_config(search.plan.stored_config())
         search.start()
         return
-    evaluator = search.plan.build_evaluator()  # as a Tune worker builds it, before anything is written
+    evaluator = search.plan.build_evaluator()  # before anything is written: a bad config changes nothing
     if notify is not None:
         _announce_table(search.plan, notify)
     signals.check()

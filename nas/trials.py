@@ -29,7 +29,7 @@ import numpy as np
 
 from nas.arch import Arch, canonical_json
 from nas.errors import NasError, UserError, shorten
-from nas.objective import directions, pareto_mask, score, values, violations
+from nas.objective import directions, judge, pareto_mask, values, violations
 from nas.plan import SearchPlan
 from nas.run_dir import RunDir
 from nas.run_json import TrialLine, trial_line
@@ -175,8 +175,7 @@ class Search:
                 return f"metrics.{name} is {shorten(value)}; allowed: {kind} from {low:g} to {high:g}", math.nan, False
         objective = self.plan.objective
         try:
-            value = score(objective, metrics)
-            feasible = not violations(objective, metrics)
+            value, feasible = judge(objective, metrics)
         except (ArithmeticError, KeyError, TypeError, ValueError, UserError) as err:
             return f"the objective cannot score these metrics ({type(err).__name__}: {str(err)[:120]})", math.nan, \
                 False

@@ -48,6 +48,21 @@ def _private_temp_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
         shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _session_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """One cache dir for the session and the processes it starts: a host-speed timing (`nas.hardware.host_speed`)
+    is reused by every search of the session, as by a user's searches, and a user's cache never reaches a test."""
+    saved = os.environ.get("NAS_CACHE_DIR")
+    os.environ["NAS_CACHE_DIR"] = str(tmp_path_factory.mktemp("cache"))
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("NAS_CACHE_DIR", None)
+        else:
+            os.environ["NAS_CACHE_DIR"] = saved
+
+
 @pytest.fixture(autouse=True)
 def _private_profiles_dir(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tables a test measures go to a temp dir, and a user's own tables never reach a test."""

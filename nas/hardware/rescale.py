@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from nas.errors import NasError, UserError
+from nas.hardware.host_speed import remembered
 from nas.hardware.schema import SCALE, Rescale
 from nas.hardware.store import command_for, table_scale
 from nas.hardware.table import LatencyTable
@@ -47,12 +48,13 @@ def scale_warning(table: LatencyTable, seconds: float = 2.0) -> str | None:
     slower than the table says, naming the command that rescales it; None when the speeds agree.
 
     None, without timing, for a table with no stored reference network or a backend this machine
-    lacks (a table for another device prices archs the same wherever the search runs).
+    lacks (a table for another device prices archs the same wherever the search runs). A timing of
+    the same table on this host from the last minutes is reused (`nas.hardware.host_speed`).
     """
     if not _reference(table):
         return None
-    try:
-        measured, stored = _time_reference(table, seconds)
+    try:  # a timing of the last minutes is reused: a search need not wait two seconds each time
+        measured, stored = remembered(table.sha256, lambda: _time_reference(table, seconds))
     except UserError as err:
         log.info("host speed of %s not checked: %s", table.source, err)
         return None

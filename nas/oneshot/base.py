@@ -26,7 +26,7 @@ from pydantic import Field
 from torch import nn
 
 from nas.arch import Arch
-from nas.config import ROOT, Frozen
+from nas.config import METHODS_DIR, Frozen
 from nas.errors import UserError, shorten
 
 if TYPE_CHECKING:
@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from nas.hardware.table import LatencyTable
     from nas.space import SearchSpace
 
-METHODS_DIR = ROOT / "methods"
-"""`methods/<name>.yaml`: each method's defaults; the files are also the list of methods (`nas.oneshot`)."""
 MOMENTUM = 0.9
 WEIGHT_DECAY = 4e-5
 LABEL_SMOOTHING = 0.1

@@ -73,6 +73,8 @@ class Strategy(ABC):
         self._pending_archs: dict[str, Arch] = {}
         self.n_asked = 0
         self.n_told = 0
+        self._telling: tuple[Mapping[str, float], float] | None = None
+        """During a tell: its metrics and their score, so `_observe` calling `score` does not score them again."""
 
     @property
     def ask_batch(self) -> int:
@@ -112,8 +114,13 @@ class Strategy(ABC):
         """Report the metrics of an asked arch; returns its scalar score (`nas.objective.score`)."""
         self._unpend(arch)
         self.n_told += 1
-        self._observe(arch, metrics)
-        return self.score(metrics)
+        value = self.score(metrics)
+        self._telling = (metrics, value)
+        try:
+            self._observe(arch, metrics)
+        finally:
+            self._telling = None
+        return value
 
     def forget(self, arch: Arch) -> None:
         """Drop an asked arch that will never be told: it failed, or it duplicates an arch in flight.
@@ -125,6 +132,8 @@ class Strategy(ABC):
 
     def score(self, metrics: Mapping[str, float]) -> float:
         """The scalar to maximise for these metrics (infeasible archs below every feasible one)."""
+        if self._telling is not None and self._telling[0] is metrics:
+            return self._telling[1]
         return objectives.score(self.objective, metrics)
 
     def values(self, metrics: Mapping[str, float]) -> tuple[float, ...]:

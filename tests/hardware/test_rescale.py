@@ -23,6 +23,12 @@ from nas.space import load_space
 TORCH_R32 = PROFILES_DIR / "amd-epyc-torch-t1-fp32-b1" / "proxylessnas-r32.yaml"
 
 
+@pytest.fixture(autouse=True)
+def _fresh_host_speed_cache(tmp_path, monkeypatch):
+    """These tests replace the timing: a timing another test left in the session's cache must not answer."""
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "cache"))
+
+
 def _record(factor: float) -> Rescale:
     return Rescale(scale=factor, measured_ms=2.0 * factor, stored_ms=2.0, source="t.yaml", source_sha256="0" * 64,
                    source_device_id="dev", rescaled_at="2026-01-01T00:00:00+00:00")
@@ -62,12 +68,14 @@ def test_scale_warning_needs_a_stored_reference(monkeypatch):
         scale_warning(table)
 
 
-def test_scale_warning_names_the_rescale_command(monkeypatch):
+def test_scale_warning_names_the_rescale_command(monkeypatch, tmp_path):
     table = LatencyTable.load(TORCH_R32)
     stored = table.metadata.protocol["network_reference"]["ms"]
     monkeypatch.setattr(rescale_module, "_time_reference", lambda t, s: (stored * 1.1, stored))
     assert scale_warning(table) is None  # within 15%
     monkeypatch.setattr(rescale_module, "_time_reference", lambda t, s: (stored * 0.6, stored))
+    assert scale_warning(table) is None  # the first timing, reused for minutes (nas.hardware.host_speed)
+    monkeypatch.setenv("NAS_CACHE_DIR", str(tmp_path / "another-cache"))
     warning = scale_warning(table)
     assert "scale 0.60" in warning and "1.67x faster" in warning and "\n" not in warning
     assert warning.endswith(f"`nas profile --rescale --table {TORCH_R32}`")

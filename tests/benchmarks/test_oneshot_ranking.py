@@ -1,0 +1,111 @@
+"""Pure helpers of `benchmarks/_oneshot_ranking.py`: Kendall tau, its bootstrap interval, the arch draw and summary."""
+
+from __future__ import annotations
+
+import itertools
+import sys
+
+import numpy as np
+import pytest
+
+from nas.config import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import _oneshot_ranking as ranking  # noqa: E402
+
+
+def _tau_b_by_pairs(x: list[float], y: list[float]) -> float:
+    """tau-b straight from its definition: (concordant - discordant) / sqrt((n0 - ties_x) (n0 - ties_y))."""
+    s = tx = ty = 0
+    for i, j in itertools.combinations(range(len(x)), 2):
+        dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
+        s += dx * dy
+        tx += dx == 0
+        ty += dy == 0
+    n0 = len(x) * (len(x) - 1) / 2
+    return s / np.sqrt((n0 - tx) * (n0 - ty))
+
+
+def test_tau_is_one_for_the_same_order_and_minus_one_for_the_reverse() -> None:
+    x = [0.1, 0.5, 0.3, 0.9, 0.7]
+    assert ranking.kendall_tau(x, [2 * v + 1 for v in x])[0] == pytest.approx(1.0)
+    assert ranking.kendall_tau(x, [-v for v in x])[0] == pytest.approx(-1.0)
+
+
+def test_tau_with_ties_is_tau_b() -> None:
+    rng = np.random.default_rng(1)
+    x = list(rng.integers(0, 4, size=15).astype(float))  # many ties, as accuracies of a small validation split
+    y = list(rng.integers(0, 3, size=15).astype(float))
+    assert ranking.kendall_tau(x, y)[0] == pytest.approx(_tau_b_by_pairs(x, y))
+
+
+def test_p_value_small_for_a_strong_order_and_large_for_noise() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=30)
+    assert ranking.kendall_tau(x, x + 0.1 * rng.normal(size=30))[1] < 1e-6
+    assert ranking.kendall_tau(x, rng.normal(size=30))[1] > 0.01
+
+
+def test_constant_list_has_no_tau() -> None:
+    tau, p = ranking.kendall_tau([1.0, 2.0, 3.0], [0.5, 0.5, 0.5])
+    assert np.isnan(tau) and np.isnan(p)
+    assert ranking.rank_figures([1.0, 2.0, 3.0], [0.5, 0.5, 0.5], 20, 0)["kendall_tau"] is None  # JSON-safe
+
+
+def test_bootstrap_interval_holds_the_tau_and_narrows_with_more_archs() -> None:
+    rng = np.random.default_rng(3)
+    widths = []
+    for n in (20, 200):
+        x = rng.normal(size=n)
+        y = x + rng.normal(size=n)
+        tau, _ = ranking.kendall_tau(x, y)
+        ci = ranking.bootstrap_tau(x, y, resamples=300, seed=0)
+        assert ci["low"] < tau < ci["high"], (n, tau, ci)
+        assert ci["undefined"] == 0 and ci["resamples"] == 300 and ci["confidence"] == 0.95
+        widths.append(ci["high"] - ci["low"])
+    assert widths[1] < widths[0] / 2, widths
+
+
+def test_bootstrap_is_seeded_and_a_perfect_order_gives_a_point_interval() -> None:
+    x = [0.1, 0.4, 0.2, 0.8, 0.6, 0.9]
+    assert ranking.bootstrap_tau(x, x, 50, seed=5) == ranking.bootstrap_tau(x, x, 50, seed=5)
+    ci = ranking.bootstrap_tau(x, x, 200, seed=5)
+    assert ci["low"] == pytest.approx(1.0) and ci["high"] == pytest.approx(1.0)
+
+
+def test_bootstrap_counts_resamples_without_a_tau() -> None:
+    # Two archs: about half of the resamples draw one arch twice, a constant list with no tau.
+    ci = ranking.bootstrap_tau([0.1, 0.2], [0.3, 0.4], resamples=400, seed=0)
+    assert 100 < ci["undefined"] < 300, ci
+    assert ci["low"] == ci["high"] == pytest.approx(1.0)
+    none = ranking.bootstrap_tau([0.1, 0.1], [0.3, 0.4], resamples=10, seed=0)
+    assert none["undefined"] == 10 and none["low"] is None and none["high"] is None
+
+
+@pytest.mark.parametrize(("x", "y", "resamples", "confidence"), [
+    ([0.1], [0.2], 10, 0.95), ([0.1, 0.2], [0.3], 10, 0.95), ([0.1, 0.2], [0.3, 0.4], 0, 0.95),
+    ([0.1, 0.2], [0.3, 0.4], 10, 1.0),
+])
+def test_bootstrap_refuses_bad_input(x, y, resamples, confidence) -> None:
+    with pytest.raises(ValueError):
+        ranking.bootstrap_tau(x, y, resamples, seed=0, confidence=confidence)
+
+
+def test_distinct_samples_are_distinct_seeded_and_bounded() -> None:
+    draw = lambda rng: int(rng.integers(5))  # noqa: E731
+    first = ranking.distinct_samples(draw, 5, seed=2)
+    assert sorted(first) == [0, 1, 2, 3, 4] and first == ranking.distinct_samples(draw, 5, seed=2)
+    with pytest.raises(RuntimeError, match="only 5 distinct samples in 100 draws"):
+        ranking.distinct_samples(draw, 6, seed=2, max_draws=100)
+
+
+def test_arch_summary_lists_choices_in_network_order_by_stage() -> None:
+    order = ["s1.b1.op", "s1.b2.op", "s2.b1.op"]
+    choices = {"s2.b1.op": "mb6_k7", "s1.b2.op": "zero", "s1.b1.op": "mb3_k3"}
+    assert ranking.arch_summary(choices, order) == "s1: mb3_k3 zero | s2: mb6_k7"
+
+
+def test_spread_counts_distinct_values() -> None:
+    figures = ranking.spread([0.5, 0.9, 0.5, 0.7])
+    assert figures == {"min": 0.5, "median": 0.6, "max": 0.9, "std": pytest.approx(0.1658, abs=1e-4),
+                       "distinct": 3}
