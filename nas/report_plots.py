@@ -9,15 +9,13 @@ says so; past that, more points only blur the picture and slow the drawing.
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from nas.run_dir import remove_stale_temps
+from nas.run_dir import write_atomic
 
 __all__ = ["MAX_PLOTTED", "curve_png", "scatter_png", "write_png"]
 
@@ -73,20 +71,9 @@ def scatter_png(x: np.ndarray, y: np.ndarray, feasible: np.ndarray, highlight: n
 
 
 def write_png(path: Path, data: bytes) -> None:
-    """`nas.run_dir.write_atomic` for bytes: a temp file beside `path` (named as its temp files are, so one a
-    killed writer left is removed by the next write), fsynced, then renamed over `path`."""
+    """`nas.run_dir.write_atomic` of PNG bytes."""
     assert data.startswith(PNG_MAGIC), "only PNG bytes are written here"
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, data)
 
 
 def _render(draw: Callable[[Any], None]) -> bytes:

@@ -34,9 +34,9 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import yaml
 from filelock import FileLock, Timeout
@@ -63,23 +63,29 @@ def disk_full(err: OSError, path: Path, what: str) -> DiskFullError | None:
     return DiskFullError(f"disk full while writing {path} ({os.strerror(err.errno)}); {what}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to a temp file beside `path`, fsync it, then rename it over `path`.
+def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None],
+                 if_full: str = "the previous version is unchanged; free space and run the command again") -> None:
+    """Write `content` (text, bytes, or a function that writes to a binary file) to a temp file beside `path`,
+    fsync it, then rename it over `path`.
 
-    `path` keeps its old content if anything fails; a full disk raises `DiskFullError`.
+    `path` keeps its old content if anything fails; a full disk raises `DiskFullError`, whose message ends
+    with `if_full`.
     """
     path = Path(path)
     remove_stale_temps(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            if callable(content):
+                content(handle)
+            else:
+                handle.write(content.encode() if isinstance(content, str) else content)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as err:
         Path(tmp).unlink(missing_ok=True)
-        full = disk_full(err, path, "the previous version is unchanged; free space and run the command again")
+        full = disk_full(err, path, if_full)
         if full is not None:
             raise full from None
         raise

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import tempfile
 import zipfile
 from collections.abc import Mapping
 from functools import lru_cache
@@ -111,24 +109,10 @@ def write_npz(arrays: Mapping[str, np.ndarray], path: Path) -> None:
     Raises:
         DiskFullError: the disk is full; nothing is left behind.
     """
-    from nas.run_dir import disk_full
+    from nas.run_dir import write_atomic
 
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **{key: arrays[key] for key in KEYS})
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        full = disk_full(err, path, "nothing was written; free space and run the search again")
-        if full is not None:
-            raise full from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda handle: np.savez(handle, **{key: arrays[key] for key in KEYS}),
+                 if_full="nothing was written; free space and run the search again")
 
 
 def load_npz(data_dir: str | Path | None, resolution: int) -> Dataset:

@@ -25,13 +25,9 @@ TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Small convs run faster on one thread, and the two cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
+    """Each test draws its weights and inputs from the same seed (torch runs on one thread: conftest)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomise(net: nn.Module) -> nn.Module:
