@@ -6,6 +6,7 @@ Registered on the app by `nas.cli` (`app.add_typer(supernet_app, name="supernet"
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
@@ -86,11 +87,16 @@ def _format_seconds(seconds: float) -> str:
     return f"{seconds // 60}m{seconds % 60:02d}s"
 
 
-def _progress_line(record: Any) -> None:
+def progress_printer(prefix: str) -> Callable[[Any], None]:
+    """`_progress_line` with another prefix (`nas train` says `[train]`)."""
+    return lambda record: _progress_line(record, prefix)
+
+
+def _progress_line(record: Any, prefix: str = "supernet") -> None:
     """One plain line per progress record on stderr: epoch, step, loss, expected latency, speed, ETA."""
     parts = [f"epoch {record['epoch']}/{record['epochs']}", f"step {record['step']}/{record['total']}",
              f"loss {record['loss']:.4f}"]
     if "expected_latency_ms" in record:
         parts.append(f"E[lat] {record['expected_latency_ms']:.3f} ms")
     parts += [f"{record['steps_per_s']:.2f} step/s", f"ETA {_format_seconds(record['eta_s'])}"]
-    typer.echo("[supernet] " + ", ".join(parts), err=True)
+    typer.echo(f"[{prefix}] " + ", ".join(parts), err=True)

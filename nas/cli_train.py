@@ -54,7 +54,7 @@ def train(
     Example: nas train --run-dir runs/demo --rank 1 --epochs 20 (then: nas export --run-dir runs/demo --rank 1)
     """
     from nas.cli_output import echo_json
-    from nas.cli_supernet import _progress_line
+    from nas.cli_supernet import progress_printer
     from nas.config import parse_set_options
     from nas.export import pick_arch
     from nas.oneshot.trainer import TrainRequest, train_supernet
@@ -77,7 +77,7 @@ def train(
         workers=workers, cpus_per_worker=cpus_per_worker, address=address, progress_every=progress_every,
         flags=flags,
     )
-    result = train_supernet(request, on_progress=_progress_line)
+    result = train_supernet(request, on_progress=progress_printer("train"))
     accuracy = result.found_metrics.get("accuracy")
     if as_json:
         echo_json({"arch": chosen.hash, "out": str(result.run_dir), "checkpoint": str(result.checkpoint),

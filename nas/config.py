@@ -49,6 +49,7 @@ RUN_FLAGS: Mapping[str, str] = {
     "space_config.width_mult": "--width-mult", "strategy_config.population_size": "--population-size",
     "strategy_config.sample_size": "--sample-size", "evaluator_config.data": "--data",
     "evaluator_config.data_dir": "--data-dir", "evaluator_config.epochs": "--epochs",
+    "evaluator_config.checkpoint": "--checkpoint",
     "scheduler.kind": "--scheduler", "scheduler.grace_period": "--asha-grace-period",
     "scheduler.reduction_factor": "--asha-reduction-factor",
 }

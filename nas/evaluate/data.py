@@ -72,6 +72,7 @@ def load_dataset(
     resolution: int = 32,
     seed: int = 0,
     val_fraction: float = 0.2,
+    num_classes: int | None = None,
 ) -> Dataset:
     """Load data set `name` at `resolution` x `resolution`.
 
@@ -82,7 +83,20 @@ def load_dataset(
         resolution: side of the square images the network sees.
         seed: seed of the digits train/validation split (CIFAR-10 has a fixed one).
         val_fraction: share of each digits class held out for validation.
+        num_classes: the logits the networks output (the space's `num_classes`, `--classes`); a data set with a
+            label beyond them is refused (given, no network could learn it; its loss fails in every trial).
     """
+    data = _load_dataset(name, data_dir, resolution, seed, val_fraction)
+    if num_classes is not None and data.num_classes > num_classes:
+        top = int(max(data.y_train.max(), data.y_val.max()))
+        raise UserError(f"--classes {num_classes}: data set {name}{'' if data_dir is None else f' ({data_dir})'} has "
+                        f"labels up to {top}, beyond the networks' {num_classes} outputs; allowed: --classes "
+                        f"{data.num_classes} or more")
+    return data
+
+
+def _load_dataset(name: str, data_dir: str | Path | None, resolution: int, seed: int, val_fraction: float
+                  ) -> Dataset:
     if name not in DATASETS:
         raise UserError(f"--data: unknown data set {shorten(name)}; allowed: {', '.join(DATASETS)}")
     if isinstance(resolution, bool) or not isinstance(resolution, int) or not 1 <= resolution <= _MAX_RESOLUTION:

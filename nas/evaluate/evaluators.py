@@ -144,7 +144,7 @@ class TrainEvaluator(Evaluator):
         from nas.evaluate.data import load_dataset
 
         load_dataset(self.config.data, self.config.data_dir, resolution=self.space.config.resolution,
-                     seed=self.config.seed)
+                     seed=self.config.seed, num_classes=getattr(self.space.config, "num_classes", None))
 
     def evaluate(self, arch: Arch, on_epoch: Callable[[int, dict[str, float]], None] | None = None
                  ) -> dict[str, float]:

@@ -107,7 +107,8 @@ def prepare(request: TrainRequest) -> dict[str, Any]:
     cls.check_setup(space, config, table)
     table_sha = None if table is None else table.sha256
     data_dir = None if request.data_dir is None else str(Path(request.data_dir).resolve())
-    data = load_dataset(request.data, data_dir, resolution=space.config.resolution, seed=config.seed)
+    data = load_dataset(request.data, data_dir, resolution=space.config.resolution, seed=config.seed,
+                        num_classes=getattr(space.config, "num_classes", None))
     shards = Shards.plan(len(data.y_train), config)
     method_dump = config.model_dump(mode="json")
     identity = {"space": space.name, "space_config": json.loads(json.dumps(space.config.model_dump(mode="json"))),

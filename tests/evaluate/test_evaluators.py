@@ -100,3 +100,26 @@ def test_search_refuses_a_corrupt_cifar_file_before_any_trial() -> None:
                    "--run-dir", "run")
     assert_user_error(proc, os.path.join("cifar", "test_batch"), "not a CIFAR-10 pickle", "re-extract")
     assert not Path("run/trials.jsonl").exists()
+
+
+@pytest.mark.usefixtures("warm_cli", "in_tmp_dir")
+def test_search_refuses_labels_beyond_the_networks_classes_before_writing() -> None:
+    """Digits has labels 0-9: networks of 5 outputs would fail every trial's loss; refused when the search starts."""
+    proc = run_cli("search", "--evaluator", "train", "--classes", "5", "--trials", "2", "--run-dir", "run")
+    assert_user_error(proc, "--classes 5", "labels up to 9", "--classes 10 or more")
+    assert not Path("run").exists()
+
+
+def test_every_data_set_is_checked_against_the_classes(tmp_path: Path) -> None:
+    from nas.evaluate.data import load_dataset
+    from nas.evaluate.npz_data import write_npz
+
+    rng = np.random.default_rng(0)
+    arrays = {"x_train": rng.random((6, 3, 32, 32), dtype=np.float32), "y_train": np.array([0, 1, 2, 0, 1, 3]),
+              "x_val": rng.random((2, 3, 32, 32), dtype=np.float32), "y_val": np.array([0, 1])}
+    write_npz(arrays, tmp_path / "d.npz")
+    assert load_dataset("npz", tmp_path / "d.npz", num_classes=4).num_classes == 4
+    with pytest.raises(UserError, match=r"--classes 3: data set npz .* labels up to 3.* --classes 4 or more"):
+        load_dataset("npz", tmp_path / "d.npz", num_classes=3)
+    with pytest.raises(UserError, match="--classes 9: data set digits has labels up to 9"):
+        load_dataset("digits", num_classes=9)
