@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -299,10 +300,23 @@ def export_cmd(
             for r in rows])
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM before a command installed its own handler (`nas.interrupts`): stopped as a Ctrl+C is."""
+
+    signum = signal.SIGTERM
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise _Terminated
+
+
 def main() -> None:
     """Console entry point: run the app, turning errors into exit statuses 2 and 1."""
     from typer.exceptions import TyperException
 
+    # Until a search installs its handlers (after seconds of imports), SIGTERM would end the process
+    # without a word; raised here, it unwinds like a Ctrl+C: every write is atomic, so nothing half-done stays.
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
@@ -315,9 +329,9 @@ def main() -> None:
             where = f"; see `{ctx.command_path} --help`" if ctx is not None else ""
             typer.echo(f"error: {_cut_long_words(err.format_message())}{where}", err=True)
         sys.exit(getattr(err, "exit_code", 2))
-    except KeyboardInterrupt:  # a Ctrl+C before the search installed its own handler
+    except KeyboardInterrupt as err:  # a Ctrl+C or SIGTERM before the search installed its own handler
         typer.echo("stopped; re-run the same command to resume", err=True)
-        sys.exit(130)
+        sys.exit(128 + getattr(err, "signum", signal.SIGINT))
     except UserError as err:
         if _state["debug"]:
             raise

@@ -408,3 +408,28 @@ def test_help_imports_neither_torch_nor_ray(args: list[str]) -> None:
 
 def test_flag_of_the_wrong_type_is_one_line() -> None:
     assert_user_error(run_cli("profile", "--batch", "many"), "--batch", "integer")
+
+
+@pytest.mark.parametrize(("signum", "code"), [(2, 130), (15, 143)])
+def test_a_signal_before_a_command_installs_its_handlers_stops_with_the_one_line(
+        signum: int, code: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGINT or SIGTERM while a command still imports (before `nas.interrupts` takes over) stops it in one line
+    with 128 + the signal, not silently (SIGTERM's default) nor with a traceback."""
+    import os
+    import signal
+
+    import nas.cli as cli
+
+    def command(**kwargs) -> None:  # the signal lands while the command is still starting
+        os.kill(os.getpid(), signum)  # its handler runs at the next bytecode, in this thread
+        raise AssertionError("the signal did not stop the command")
+
+    saved = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(cli, "app", command)
+    try:
+        with pytest.raises(SystemExit) as stopped:
+            cli.main()
+    finally:
+        signal.signal(signal.SIGTERM, saved)
+    assert stopped.value.code == code
+    assert capsys.readouterr().err == "stopped; re-run the same command to resume\n"
