@@ -24,6 +24,9 @@ with this package's recipe instead. `runtime_lambda` multiplies ln R (ms) direct
 reference's flag 0.020 with its hard-coded x1000 is 20 here. Runtimes come from this package's
 latency table at the space's config, not the Pixel 1 table, and the fixed parts' cost is the table's
 (the reference's constant 19.5999 ms). Batch norm momentum and init are the space's (`nas.ops.mbconv`).
+`threshold_init` (an addition, default 0: the paper) starts each threshold at that fraction of the initial
+norm of its kernel part instead of 0, so that a short proxy run's indicators start where their sigmoid
+gradients are not vanishing (used by `benchmarks/_oneshot_latency.py`).
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class SinglePathMethodConfig(MethodConfig):
     indicator_keep: float = Field(gt=0, le=1)
     runtime_form: RuntimeForm
     optimizer: Literal["rmsprop", "sgd"]
+    threshold_init: float = Field(default=0.0, ge=0, le=1)
+    """Each threshold starts at this fraction of the initial norm of the kernel part it is compared with; 0 is
+    the paper's zeros. A short proxy run needs it near 1: at 0 the indicators' sigmoid gradients are ~1e-4 and
+    the thresholds barely move (the reference relies on ~3,750 post-warm-up steps)."""
 
 
 def indicator(x: torch.Tensor) -> torch.Tensor:
@@ -164,6 +171,19 @@ class ThresholdSupernet(nn.Module):
         return x, torch.as_tensor(runtime)  # (B, num_classes), ()
 
     @torch.no_grad()
+    def start_thresholds_at(self, fraction: float) -> None:
+        """Set every threshold to `fraction` of the norm it is compared with now, every layer at k5e6 (the
+        norms of w_k's halves taken with the 5x5 ring, as the indicators see them at k5)."""
+        for decision, layer in self._layers.items():
+            key = module_name(decision)
+            inner, ring = layer.kernel_parts()
+            half, rest = layer.channel_halves(inner + ring)
+            self.t_k5[key].fill_(fraction * float(torch.linalg.vector_norm(ring)))
+            self.t_e6[key].fill_(fraction * float(torch.linalg.vector_norm(rest)))
+            if decision in self._skippable:
+                self.t_skip[key].fill_(fraction * float(torch.linalg.vector_norm(half)))
+
+    @torch.no_grad()
     def runtime(self) -> float:
         """R (ms) of the current indicators without dropout."""
         saved, self._dropout = self._dropout, None
@@ -201,6 +221,8 @@ class SinglePathMethod(OneShotMethod):
         self.check_setup(space, config, table)
         costs, fixed = _costs(space, table)
         self.model = ThresholdSupernet(self.supernet, costs, fixed, config.runtime_form)
+        if config.threshold_init > 0:
+            self.model.start_thresholds_at(config.threshold_init)
         self.wrapped = self.model
 
     @classmethod

@@ -197,6 +197,21 @@ def test_a_runtime_weight_lowers_runtime_and_found_latency(space, table) -> None
     assert found[20.0][1] < found[0.0][1]
 
 
+def test_threshold_init_starts_thresholds_at_a_fraction_of_their_norms(space, table) -> None:
+    """`threshold_init` f puts t_k5, t_e6, t_skip at f times ||ring||, ||w_k,100c||, ||w_k,50c|| (w_k at k5); the
+    start is still k5e6 everywhere; 0 (the default) keeps the paper's zeros."""
+    method = _method(space, table, threshold_init=0.9)
+    for d in space.decisions():
+        key, n = module_name(d.name), _norms(method, d.name)
+        assert float(method.model.t_k5[key].detach()) == pytest.approx(0.9 * n["ring"], rel=1e-6)
+        assert float(method.model.t_e6[key].detach()) == pytest.approx(0.9 * n["rest5"], rel=1e-6)
+        if "skip" in d.choices:
+            assert float(method.model.t_skip[key].detach()) == pytest.approx(0.9 * n["half5"], rel=1e-6)
+        assert n["ring"] > 1 and n["rest5"] > 1  # the thresholds did move off 0
+    assert set(method.model.read_ops().values()) == {"k5e6"}
+    assert all(float(t.detach()) == 0.0 for t in _method(space, table).model.thresholds())
+
+
 # -- bad input -----------------------------------------------------------------------------------
 def test_a_space_it_does_not_apply_to_is_one_line_listing_spaces() -> None:
     other = tiny_space("proxylessnas")
