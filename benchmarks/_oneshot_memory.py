@@ -10,9 +10,12 @@ Three variants on the `proxylessnas` space at its default config (width 1.0), sa
   case (at init every path is as likely, and smaller paths need less). `gradient_step` alone is also
   measured in the same process;
 - `largest_path`: `StandaloneMethod.train_step` (what `nas train` runs) of `space.build(largest arch)`,
-  every block at its most expensive choice by MACs (mb6_k7, no zero);
-- `darts`: the same supernet with every mixed op in `all` mode (`MixedOp.set_all(softmax(alpha))`): every
-  candidate runs with a graph, one backward into weights and alpha, SGD and Adam steps (first-order DARTS).
+  every block at its most expensive choice by MACs (mb6_k7, no zero); the supernet the method's base
+  class builds and never uses is dropped before measuring;
+- `darts`: the same supernet with every mixed op summing all its decision's candidates weighted by
+  softmax(alpha) (`MixedOp.set_sampled` over the decision's choices: `set_all` but for the `zero` that the
+  mixed ops of unskippable blocks hold and their decision lacks), each with a graph, one backward into
+  weights and alpha, SGD and Adam steps (first-order DARTS).
 CPU only (no GPU here). Each measurement runs in a fresh Python process (`python _oneshot_memory.py
 --child JSON`, one torch thread, glibc with one arena and a fixed 64 KiB mmap threshold and trim
 threshold so freed tensors go back to the OS, `malloc_trim` before the step). The child builds the
@@ -46,7 +49,7 @@ TABLE = ROOT / "hardware_profiles/amd-epyc-torch-t1-fp32-b1/proxylessnas-r32.yam
 VARIANTS = ("proxyless", "largest_path", "darts")
 LIMIT = 1.3  # issue 13 §7: proxyless step <= 1.3x the largest single path's
 WARMUP_STEPS = 2
-ALPHA_HIGH = 20.0  # alpha of the largest choice (others 0): p ~ 1 - 6e-9, so every sampled path is the largest
+ALPHA_HIGH = 20.0  # alpha of the largest choice (others 0): p > 1 - 2e-8, so every sampled path is the largest
 _MIB = 2**20
 _CHILD_TIMEOUT_S = 900
 # glibc: one arena, big blocks mmapped and returned on free, heap top trimmed: RSS follows live memory.
@@ -194,15 +197,17 @@ def _darts_step(method: Any, x: Any, y: Any) -> None:
     method.arch_optimizer.step()
 
 
-def _steps(variant: str, resolution: int, batch: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """(named step callables, facts): the variant's model and optimizers built, nothing run yet."""
+def _steps(variant: str, resolution: int, batch: int, choices: Mapping[str, str]) -> tuple[dict[str, Any],
+                                                                                          dict[str, Any]]:
+    """(named step callables, facts): the variant's model and optimizers built, nothing run yet; `choices` is
+    the largest arch (found by the parent: pricing units leaves caches behind)."""
     import torch
 
     from nas.oneshot.base import Batch, build_method, parse_method_config
     from nas.space import load_space
 
     space = load_space(SPACE, {"resolution": resolution})
-    largest = _largest_arch(space)
+    largest = space.make_arch(choices)
     gen = torch.Generator().manual_seed(0)
     shape = (batch, 3, resolution, resolution)
     x, y = torch.randn(shape, generator=gen), torch.randint(0, 10, (batch,), generator=gen)
@@ -212,6 +217,7 @@ def _steps(variant: str, resolution: int, batch: int) -> tuple[dict[str, Any], d
     if variant == "largest_path":
         config = parse_method_config("standalone", {"arch": largest.to_json(), "batch_size": batch})
         method = build_method("standalone", config, space)
+        method.supernet = None  # OneShotMethod.__init__ builds a supernet, which standalone training never uses
     else:
         method, more = _proxyless(space, largest, batch)
         facts.update(more)
@@ -248,13 +254,18 @@ def child(spec: Mapping[str, Any]) -> dict[str, Any]:
     """One variant's measurements in this (fresh) process: see the module docstring."""
     import torch
 
+    import nas.hardware.table  # noqa: F401  (imported before the baseline: it is not the variant's memory)
+    import nas.oneshot.base  # noqa: F401
+
     torch.set_num_threads(1)
     _settle()
     baseline = _status()["VmRSS"]
-    steps, facts = _steps(spec["variant"], spec["resolution"], spec["batch"])
+    steps, facts = _steps(spec["variant"], spec["resolution"], spec["batch"], spec["choices"])
+    _settle()
+    built = _status()["VmRSS"]
     for _ in range(WARMUP_STEPS):
         steps["step"]()
-    out: dict[str, Any] = {**facts, "baseline_rss": baseline}
+    out: dict[str, Any] = {**facts, "baseline_rss": baseline, "built": built}
     for name, step in steps.items():
         rss = _measure(step)
         out[name] = rss["step"]
@@ -277,17 +288,21 @@ def _run_child(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def measure_setting(resolution: int, batch: int, repeats: int) -> dict[str, Any]:
     """Every variant at one resolution and batch, `repeats` fresh processes each (interleaved)."""
+    from nas.space import load_space
+
+    choices = dict(_largest_arch(load_space(SPACE, {"resolution": resolution})).choices)
     runs: dict[str, list[dict[str, Any]]] = {v: [] for v in VARIANTS}
     seconds: dict[str, float] = dict.fromkeys(VARIANTS, 0.0)
     for repeat in range(repeats):
         for variant in VARIANTS:
             t = time.perf_counter()
             runs[variant].append(_run_child({"variant": variant, "resolution": resolution, "batch": batch,
-                                             "profile": repeat == 0}))
+                                             "choices": choices, "profile": repeat == 0}))
             seconds[variant] += time.perf_counter() - t
     out: dict[str, Any] = {"resolution": resolution, "batch": batch, "repeats": repeats}
     for variant, got in runs.items():
-        keys = ["step", "total", "before", "baseline_rss"] + (["gradient_step"] if variant == "proxyless" else [])
+        keys = ["step", "total", "before", "built", "baseline_rss"]
+        keys += ["gradient_step"] if variant == "proxyless" else []
         facts = {k: v for k, v in got[0].items() if k in ("largest_arch", "table", "target_ms", "params")}
         out[variant] = {**summarize(got, keys), **summarize(got[:1], ["profiler_step"]), **facts,
                         "seconds": round(seconds[variant], 1)}
@@ -319,9 +334,10 @@ def run(quick: bool) -> dict[str, Any]:
             "proxyless": "ProxylessMethod.train_step, two mode, arch update due: weight step (one path) + binary-gate "
                          f"arch step (two paths, inactive one without graph); alpha {ALPHA_HIGH} on the largest "
                          "choice (worst case); gradient_step = the arch step alone",
-            "largest_path": "StandaloneMethod.train_step of space.build(arch), each block's max-MAC choice",
-            "darts": "same supernet, every mixed op set_all(softmax(alpha)): all paths with a graph, one backward "
-                     "into weights and alpha, SGD + Adam steps",
+            "largest_path": "StandaloneMethod.train_step of space.build(arch), each block's max-MAC choice (the "
+                            "unused supernet StandaloneMethod's base class builds is dropped first)",
+            "darts": "same supernet, every mixed op sums all its decision's choices weighted by softmax(alpha), "
+                     "each with a graph; one backward into weights and alpha, SGD + Adam steps",
         },
         "settings": settings,
         "passes": all(s["passes"] for s in settings),
