@@ -10,8 +10,7 @@ Three variants on the `proxylessnas` space at its default config (width 1.0), sa
   case (at init every path is as likely, and smaller paths need less). `gradient_step` alone is also
   measured in the same process;
 - `largest_path`: `StandaloneMethod.train_step` (what `nas train` runs) of `space.build(largest arch)`,
-  every block at its most expensive choice by MACs (mb6_k7, no zero); the supernet the method's base
-  class builds and never uses is dropped before measuring;
+  every block at its most expensive choice by MACs (mb6_k7, no zero), no supernet built;
 - `darts`: the same supernet with every mixed op summing all its decision's candidates weighted by
   softmax(alpha) (`MixedOp.set_sampled` over the decision's choices: `set_all` but for the `zero` that the
   mixed ops of unskippable blocks hold and their decision lacks), each with a graph, one backward into
@@ -217,7 +216,6 @@ def _steps(variant: str, resolution: int, batch: int, choices: Mapping[str, str]
     if variant == "largest_path":
         config = parse_method_config("standalone", {"arch": largest.to_json(), "batch_size": batch})
         method = build_method("standalone", config, space)
-        method.supernet = None  # OneShotMethod.__init__ builds a supernet, which standalone training never uses
     else:
         method, more = _proxyless(space, largest, batch)
         facts.update(more)

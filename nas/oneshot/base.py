@@ -104,6 +104,8 @@ class OneShotMethod(ABC):
     """Spaces the method applies to; None: every space with a supernet."""
     needs_table: ClassVar[bool] = False
     """Whether the method needs a latency table (`--hardware`)."""
+    shares_weights: ClassVar[bool] = True
+    """Whether the method trains the space's supernet (False: it sets `self.model` itself, `self.supernet` None)."""
     find_unused_parameters: ClassVar[bool] = True
     """Whether a step may leave parameters without a gradient (single-path sampling does): DDP must look."""
 
@@ -114,8 +116,8 @@ class OneShotMethod(ABC):
         self.space = space
         self.config = config
         self.table = table
-        self.supernet = space.supernet()
-        self.model: nn.Module = MethodModel(self.supernet)
+        self.supernet = space.supernet() if self.shares_weights else None
+        self.model: nn.Module = MethodModel(self.supernet) if self.supernet is not None else nn.Module()
         """Everything the method trains (supernet and arch parameters): what DDP wraps and checkpoints save.
         A method adds its arch parameters to it (`self.model.gates = nn.ParameterDict(...)`) or replaces it by
         its own module whose `supernet` child is `self.supernet`."""

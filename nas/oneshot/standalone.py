@@ -44,6 +44,7 @@ class StandaloneMethod(OneShotMethod):
 
     config_model = StandaloneConfig
     config: StandaloneConfig
+    shares_weights = False
 
     def __init__(self, space: SearchSpace, config: StandaloneConfig, table: LatencyTable | None = None) -> None:
         super().__init__(space, config, table)
