@@ -1,20 +1,25 @@
 """Ranking section of `benchmarks/oneshot.py` (issue 13 §7): does a supernet rank archs as short training does?
 
-For `spos` and `proxyless` on the `proxylessnas` space at its default config (width 1.0, 32 px, 10
-classes; the committed CPU table `amd-epyc-torch-t1-fp32-b1/proxylessnas-r32.yaml` measures that config),
-each supernet is trained once in this process (`nas.oneshot.trainer.train_supernet`, `workers=0`, digits,
-seed 0). The same archs, drawn uniformly from the space with a fixed seed (distinct, in draw order), are
-then scored twice: with weights inherited from each supernet, by the `supernet` evaluator itself (extract,
-batch norm recalibrated on training batches, validation accuracy), and once each from scratch by the
-`train` evaluator, the project's short training (same seed, recipe and budget for every arch, shared by
-both methods). Kendall's tau-b (scipy) between the two accuracy lists, its p-value (H0: tau = 0), and a
-bootstrap 95% percentile interval (archs resampled with replacement) are reported per method, beside
-every arch's two accuracies and LUT latency. The standalone budget is one epoch: digits is easy, and
-longer training puts most archs near the same accuracy, where a rank carries little information.
-`proxyless` trains the path its architecture parameters favour (with a latency target), not a uniform
-one; its tau is still over the same uniformly drawn archs. The tau of parameter count against standalone
-accuracy is given too, as the zero-cost ranking a supernet has to beat. Run dirs live in a temporary
-directory; nothing is cached.
+For `spos` and `proxyless` on the `proxylessnas` space, each supernet is trained once in this process
+(`nas.oneshot.trainer.train_supernet`, `workers=0`, digits, seed 0, methods' YAML defaults except the
+epochs and, for `proxyless`, a latency target). The same archs, drawn uniformly from the space with a
+fixed seed (distinct, in draw order), are scored with weights inherited from each supernet by the
+`supernet` evaluator itself (extract, batch norm recalibrated on training batches, validation accuracy),
+and once each from scratch by the `train` evaluator, the project's short training (same seed, recipe and
+budget for every arch; one standalone accuracy per arch, shared by both methods). Kendall's tau-b (scipy)
+between the two accuracy lists, its p-value (H0: tau = 0) and a bootstrap 95% percentile interval (archs
+resampled with replacement) are reported per method, beside every arch's accuracies and LUT latency, and
+the tau of parameter count against standalone accuracy, the zero-cost ranking a supernet has to beat.
+
+Choices. The space runs at width 0.5 (32 px, 10 classes), not its default width 1.0, whose steps cost
+about 2.5 times as much: on this proxy the supernets learn slowly (each one's final training loss is in
+the JSON beside ln 10, the loss of a uniform guess), so they get most of the run's time, and at width 0.5
+about 2.5 times the steps. Its decisions and choices are those of width 1.0, so its latency table is the
+committed CPU table's twin (`twin_table`): an arch's LUT latency is the committed table's price of the same
+choices at width 1.0. The standalone budget is one epoch: digits
+is easy, and longer training puts most archs near the same accuracy, where a rank carries little
+information. `proxyless` samples the paths its architecture parameters favour, not uniform ones; its tau
+is still over the same uniformly drawn archs. Run dirs live in a temporary directory; nothing is cached.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from nas.config import PROFILES_DIR
 
 SPACE = "proxylessnas"
+SPACE_CONFIG: dict[str, Any] = {"width_mult": 0.5}
 TABLE = PROFILES_DIR / "amd-epyc-torch-t1-fp32-b1" / "proxylessnas-r32.yaml"
 METHODS = ("spos", "proxyless")
 SEED = 0
@@ -41,15 +47,16 @@ _ARCH_STREAM = 7  # seeds the arch draw, apart from every seed the training uses
 
 FULL: dict[str, Any] = {
     "archs": 20, "bootstrap": 1000, "standalone_epochs": 1, "bn_batches": 20,
-    "methods": {"spos": {"epochs": 10, "search_archs": 0},
-                "proxyless": {"epochs": 10, "warmup_epochs": 3, "target_ms": 9.0}},
+    "methods": {"spos": {"epochs": 40, "search_archs": 0},
+                "proxyless": {"epochs": 40, "warmup_epochs": 10, "target_ms": 9.0}},
 }
 QUICK: dict[str, Any] = {
     "archs": 5, "bootstrap": 200, "standalone_epochs": 1, "bn_batches": 5,
     "methods": {"spos": {"epochs": 1, "search_archs": 0, "max_steps_per_epoch": 5},
                 "proxyless": {"epochs": 2, "warmup_epochs": 1, "target_ms": 9.0, "max_steps_per_epoch": 5}},
 }
-"""Per-method overrides of `methods/<name>.yaml` (seed, batch size and lr stay at their defaults)."""
+"""Sizes of a full and a quick run; `methods`: overrides of `methods/<name>.yaml` (batch size, lr and the
+rest stay at the YAML defaults)."""
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -111,7 +118,7 @@ def rank_figures(inherited: Sequence[float], standalone: Sequence[float], resamp
     """tau, its p-value and bootstrap interval, and the spread of each accuracy list."""
     tau, p = kendall_tau(inherited, standalone)
     return {"kendall_tau": _num(tau), "p_value": _num(p), "ci": bootstrap_tau(inherited, standalone, resamples, seed),
-            "inherited_accuracy": spread(inherited), "standalone_accuracy": spread(standalone)}
+            "inherited_spread": spread(inherited), "standalone_spread": spread(standalone)}
 
 
 def spread(values: Sequence[float]) -> dict[str, Any]:
@@ -121,28 +128,89 @@ def spread(values: Sequence[float]) -> dict[str, Any]:
             "distinct": int(len(np.unique(v)))}
 
 
+def twin_keys(space: Any, default: Any) -> dict[str, str]:
+    """Each latency key of `space` -> the key of the same unit (position, op, kernel, expansion) in `default`, the
+    same chain space at another config. A `ValueError` unless the two have the same decisions and choices and
+    every key of `space` has one twin."""
+    if [(d.name, tuple(d.choices)) for d in space.decisions()] != [(d.name, tuple(d.choices))
+                                                                   for d in default.decisions()]:
+        raise ValueError(f"{space.name}: the two configs have different decisions or choices; no twin table")
+    (front, by_choice, back), (front2, by_choice2, back2) = space.chain, default.chain
+    if len(front) != len(front2) or len(back) != len(back2):
+        raise ValueError(f"{space.name}: the two configs have different fixed units; no twin table")
+    pairs = [*zip(front, front2, strict=True), *zip(back, back2, strict=True)]
+    for (_, units), (_, units2) in zip(by_choice, by_choice2, strict=True):
+        for choice, unit in units.items():
+            if (unit is None) != (units2[choice] is None):
+                raise ValueError(f"{space.name}: choice {choice} is a skip at one config only; no twin table")
+            if unit is not None:
+                pairs.append((unit, units2[choice]))
+    twins: dict[str, str] = {}
+    for (_, key), (_, twin) in pairs:
+        if twins.setdefault(key, twin) != twin:
+            raise ValueError(f"{space.name}: key {key} stands for two units of the other config ({twins[key]}, "
+                             f"{twin}); no twin table")
+    return twins
+
+
+def twin_table(space: Any, table: Any) -> Any:
+    """A table of `space`'s config that prices each arch as `table` prices the same choices at its own config
+    (`table.predict` of the arch's twin): the committed table's milliseconds, keyed for a smaller network."""
+    from nas.hardware.schema import TableFile
+    from nas.hardware.table import LatencyTable
+    from nas.space import load_space
+
+    twins = twin_keys(space, load_space(space.name, table.metadata.space_config))
+    entries = {key: table.entries[twin].model_copy(update={"params": None, "macs": None})
+               for key, twin in twins.items()}
+    correction = None if table.correction is None else table.correction.model_copy(
+        update={"entries": {key: table.correction.entries[twin] for key, twin in twins.items()}, "fit_ms": []})
+    meta = table.metadata.model_copy(update={
+        "space_config": space.config.model_dump(mode="json"),
+        "protocol": {"twin_of": table.source, "twin_of_sha256": table.sha256,
+                     "rule": "each key's value is that of the same unit at the table's config"}})
+    return LatencyTable(TableFile(metadata=meta, entries=entries, correction=correction), space=space)
+
+
 def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def _train(method: str, overrides: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Train one supernet in this process; its settings, found arch, last loss and seconds."""
+def _train(method: str, overrides: dict[str, Any], run_dir: Path, table: Path) -> dict[str, Any]:
+    """Train one supernet in this process; its settings, found arch, last progress record and seconds."""
+    from nas.hardware.table import LatencyTable
     from nas.oneshot.base import parse_method_config
     from nas.oneshot.trainer import TrainRequest, train_supernet
 
     records: list[dict[str, Any]] = []
     overrides = {"seed": SEED, "checkpoint_every": 1_000_000, **overrides}  # one checkpoint: the final one
-    request = TrainRequest(space=SPACE, method=method, run_dir=run_dir, method_config=overrides,
-                           hardware=str(TABLE), workers=0, cpus_per_worker=THREADS, progress_every=10)
+    request = TrainRequest(space=SPACE, method=method, run_dir=run_dir, space_config=SPACE_CONFIG,
+                           method_config=overrides, hardware=str(table), workers=0, cpus_per_worker=THREADS,
+                           progress_every=20)
     start = time.perf_counter()
     result = train_supernet(request, on_progress=records.append)
     seconds = time.perf_counter() - start
     last = records[-1] if records else {}
-    return {"config": parse_method_config(method, overrides).model_dump(mode="json"),
-            "steps": result.total_steps, "final_loss": last.get("loss"),
-            "final_expected_latency_ms": last.get("expected_latency_ms"),
-            "found_arch": None if result.found_arch is None else result.found_arch.short_hash,
-            "found_metrics": dict(result.found_metrics), "seconds": round(seconds, 1)}
+    found = result.found_arch
+    return {"config": parse_method_config(method, overrides).model_dump(mode="json"), "steps": result.total_steps,
+            "final_loss": last.get("loss"), "final_expected_latency_ms": last.get("expected_latency_ms"),
+            "found_arch": None if found is None else {
+                "arch": found.short_hash, "summary": arch_summary(dict(found.choices), list(found.choices)),
+                "latency_ms": round(LatencyTable.load(table).predict(found), 4)},
+            "seconds": round(seconds, 1)}
+
+
+def _table(space: Any, tmp: Path) -> tuple[Path, str]:
+    """The latency table of `space`'s config: the committed one at its default config, else its twin (in tmp)."""
+    from nas.hardware.table import LatencyTable
+
+    committed = LatencyTable.load(TABLE)
+    if space.config.model_dump(mode="json") == committed.metadata.space_config:
+        return TABLE, f"committed {TABLE.relative_to(PROFILES_DIR.parent)}"
+    path = tmp / "twin-table.yaml"
+    twin_table(space, committed).save(path)
+    return path, (f"twin of {TABLE.relative_to(PROFILES_DIR.parent)}: an arch's LUT latency is the committed "
+                  f"table's price of the same choices at the default config (width 1.0)")
 
 
 def run(quick: bool) -> dict[str, Any]:
@@ -155,47 +223,47 @@ def run(quick: bool) -> dict[str, Any]:
     logging.getLogger("nas").setLevel(logging.WARNING)
     settings = QUICK if quick else FULL
     threads = torch.get_num_threads()
-    space = load_space(SPACE, {})
+    space = load_space(SPACE, SPACE_CONFIG)
     order = [d.name for d in space.decisions()]
     archs = distinct_samples(space.sample, settings["archs"], seed=SEED + _ARCH_STREAM)
     standalone_config = {"data": "digits", "epochs": settings["standalone_epochs"], "batch_size": 64, "lr": 0.05,
                          "seed": SEED, "threads": THREADS}
+    scorer_config = {"bn_batches": settings["bn_batches"], "batch_size": 64, "seed": SEED, "threads": THREADS}
+    per_method: dict[str, Any] = {}
     try:
-        start = time.perf_counter()
-        trainer = build_evaluator(EvaluatorSpec(space=SPACE, evaluator="train", config=standalone_config,
-                                                table=str(TABLE)))
-        standalone = [trainer.evaluate(arch) for arch in archs]
-        standalone_seconds = time.perf_counter() - start
-        per_method: dict[str, Any] = {}
         with tempfile.TemporaryDirectory(prefix="nas-bench-ranking-") as tmp:
+            table, table_note = _table(space, Path(tmp))
+            start = time.perf_counter()
+            trainer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="train",
+                                                    config=standalone_config, table=str(table)))
+            standalone = [trainer.evaluate(arch) for arch in archs]
+            standalone_seconds = time.perf_counter() - start
+            accuracy = [s["accuracy"] for s in standalone]
             for method in METHODS:
                 run_dir = Path(tmp) / method
-                trained = _train(method, settings["methods"][method], run_dir)
+                trained = _train(method, settings["methods"][method], run_dir, table)
                 start = time.perf_counter()
-                scorer = build_evaluator(EvaluatorSpec(
-                    space=SPACE, evaluator="supernet", table=str(TABLE),
-                    config={"checkpoint": str(run_dir), "bn_batches": settings["bn_batches"], "batch_size": 64,
-                            "seed": SEED, "threads": THREADS}))
+                scorer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="supernet",
+                                                       config={"checkpoint": str(run_dir), **scorer_config},
+                                                       table=str(table)))
                 inherited = [scorer.evaluate(arch)["accuracy"] for arch in archs]
-                per_method[method] = {
-                    "supernet": trained, "inherited_accuracy": inherited,
-                    "inherited_seconds": round(time.perf_counter() - start, 1),
-                    **rank_figures(inherited, [s["accuracy"] for s in standalone], settings["bootstrap"], SEED)}
+                per_method[method] = {"supernet": trained, "inherited_accuracy": inherited,
+                                      "inherited_seconds": round(time.perf_counter() - start, 1),
+                                      **rank_figures(inherited, accuracy, settings["bootstrap"], SEED)}
     finally:
         torch.set_num_threads(threads)
-    accuracy = [s["accuracy"] for s in standalone]
     params_tau, params_p = kendall_tau([s["params"] for s in standalone], accuracy)
     return {
         "method": ("Kendall tau-b (scipy) between supernet-inherited accuracy (supernet evaluator: extract, BN "
                    "recalibrated, validation accuracy) and standalone short-training accuracy (train evaluator, "
                    "from scratch) over the same uniformly drawn archs; 95% percentile bootstrap CI over archs"),
-        "space": SPACE, "space_config": "defaults (width 1.0, resolution 32, 10 classes)",
-        "table": str(TABLE.relative_to(PROFILES_DIR.parent)), "data": "digits (split seed 0)",
+        "space": SPACE, "space_config": space.config.model_dump(mode="json"), "table": table_note,
+        "data": f"digits (train/validation split seed {SEED})",
         "archs": {"count": len(archs), "sampling": f"uniform (space.sample), distinct, seed {SEED + _ARCH_STREAM}"},
         "standalone": {"evaluator": "train", "config": standalone_config, "seconds": round(standalone_seconds, 1),
                        "accuracy": spread(accuracy)},
-        "supernet_evaluator": {"bn_batches": settings["bn_batches"], "batch_size": 64, "seed": SEED},
-        "threads": THREADS,
+        "supernet_evaluator": scorer_config,
+        "chance_accuracy": 0.1, "uniform_guess_loss": round(math.log(10), 4),
         "params_vs_standalone": {"kendall_tau": _num(params_tau), "p_value": _num(params_p)},
         "per_arch": [{"arch": arch.short_hash, "summary": arch_summary(dict(arch.choices), order),
                       "latency_ms": round(s["latency_ms"], 4), "params": int(s["params"]),

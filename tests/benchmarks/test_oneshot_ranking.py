@@ -109,3 +109,35 @@ def test_spread_counts_distinct_values() -> None:
     figures = ranking.spread([0.5, 0.9, 0.5, 0.7])
     assert figures == {"min": 0.5, "median": 0.6, "max": 0.9, "std": pytest.approx(0.1658, abs=1e-4),
                        "distinct": 3}
+
+
+def test_twin_table_prices_each_arch_as_the_committed_table_prices_its_default_config_twin(tmp_path) -> None:
+    from nas.hardware.table import LatencyTable
+    from nas.space import load_space
+
+    committed = LatencyTable.load(ranking.TABLE, load_space(ranking.SPACE))
+    small = load_space(ranking.SPACE, {"width_mult": 0.5})
+    path = tmp_path / "twin.yaml"
+    ranking.twin_table(small, committed).save(path)
+    twin = LatencyTable.load(path, small)  # bound to the small config: its keys, its config in the metadata
+    assert twin.metadata.space_config == small.config.model_dump(mode="json")
+    assert set(twin.entries) == set(small.all_latency_keys())
+    shared = set(twin.entries) & set(committed.entries)  # units whose shapes the width leaves alone (the head)
+    assert 0 < len(shared) < len(twin.entries) / 2
+    assert all(twin.correction.entries[k] == committed.correction.entries[k] for k in shared)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        arch = small.sample(rng)
+        default_twin = load_space(ranking.SPACE).make_arch(dict(arch.choices))
+        assert twin.predict(arch) == pytest.approx(committed.predict(default_twin), rel=1e-12)
+    assert twin.lower_bound() == pytest.approx(committed.lower_bound(), rel=1e-12)
+
+
+def test_twin_keys_refuse_a_config_whose_decisions_differ() -> None:
+    from nas.space import load_space
+
+    # At width 0.35 stages 3 and 4 round to the same width, so s4.b1 gains a shortcut and a `zero` choice.
+    with pytest.raises(ValueError, match="different decisions or choices"):
+        ranking.twin_keys(load_space(ranking.SPACE, {"width_mult": 0.35}), load_space(ranking.SPACE))
+    twins = ranking.twin_keys(load_space(ranking.SPACE, {"width_mult": 0.5}), load_space(ranking.SPACE))
+    assert len(twins) == len(set(twins.values())) == len(load_space(ranking.SPACE).all_latency_keys())
