@@ -226,9 +226,9 @@ def run(quick: bool) -> dict[str, Any]:
         "ray_over_in_process_1_worker": speedup(rates, 1, base=0),
         "subreaper": subreaper,
         "sched_autogroup_enabled": _autogroup(),
-        "note": "timing-sensitive: measured while other CPU-heavy work ran (load average per run above); with "
-                "autogroup on, Ray's workers share one scheduling group (the raylet's session), so under load 2 "
-                "workers get about one worker's CPU share; re-measure on a quiet machine",
+        "note": "timing-sensitive: each run records the 1-minute load average at its end (2 workers alone make it "
+                "about 2 on 2 cores); with autogroup on, Ray's workers share one scheduling group (the raylet's "
+                "session), so when other sessions load the machine 2 workers get about one worker's CPU share",
     }
 
 

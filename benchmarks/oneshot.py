@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -36,17 +37,17 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error(f"--sections {args.sections!r}: allowed values are {', '.join(SECTIONS)}")
     out = args.out if args.out is not None else (None if args.quick else HERE / "oneshot.json")
     result: dict = {}
-    if out is not None and out.exists():
-        result = {k: v for k, v in json.loads(out.read_text()).items() if k != "machine"}
     for section in sections:
         start = time.perf_counter()
         figures = importlib.import_module(f"_oneshot_{section}").run(quick=args.quick)
         result[section] = {**figures, "seconds": round(time.perf_counter() - start, 1),
                            "machine": machine(), "quick": args.quick}
         print(f"[oneshot] {section}: {json.dumps(result[section], sort_keys=True)[:400]}", flush=True)
-    if out is not None:
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+    if out is not None:  # read just before writing: another run may have written its sections meanwhile
+        kept = json.loads(out.read_text()) if out.exists() else {}
+        merged = {**{k: v for k, v in kept.items() if k in SECTIONS}, **result}
+        tmp = out.with_suffix(f".json.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
         tmp.replace(out)
         print(f"[oneshot] wrote {out}")
     return result
