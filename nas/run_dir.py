@@ -16,8 +16,8 @@ Files (all JSON/YAML written with sorted keys):
   of `strategy.json` on resume by the strategy itself;
 - `report/`: the plots and figures of `nas report`.
 
-Every file is replaced through `write_atomic`, whose temp files carry the writer's pid:
-one left by a killed process is removed by the next write beside it.
+Every file is replaced through `nas.atomic.write_atomic`, whose temp files carry the writer's
+pid: one left by a killed process is removed by the next write beside it.
 
 Everything read back is checked before use: each trial line field by field (`nas.trial_log`),
 `n_recorded`, and sizes (the log is read line by line with a per-line limit, the state with a
@@ -28,98 +28,28 @@ the above is not a run dir and is refused before anything is written.
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from filelock import FileLock, Timeout
 
-from nas.errors import NasError, UserError, shorten
+from nas.atomic import DiskFullError as DiskFullError  # re-exported, as are the next two: callers import them here
+from nas.atomic import disk_full, write_atomic
+from nas.atomic import is_running as is_running
+from nas.atomic import remove_stale_temps as remove_stale_temps
+from nas.errors import UserError, shorten
 from nas.run_json import encode_trial, state_json
 from nas.trial_log import HEX64, is_number, trial_problem
 from nas.trial_log import arch_hash as arch_hash  # re-exported: callers import it from here
 
 if TYPE_CHECKING:
     from nas.arch import Arch
-
-_DISK_FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
-
-
-class DiskFullError(NasError):
-    """A write failed for lack of space; nothing half-written was left behind."""
-
-
-def disk_full(err: OSError, path: Path, what: str) -> DiskFullError | None:
-    """A `DiskFullError` for `err` if it means the disk (or quota) is full, else None."""
-    if err.errno not in _DISK_FULL:
-        return None
-    return DiskFullError(f"disk full while writing {path} ({os.strerror(err.errno)}); {what}")
-
-
-def write_atomic(path: Path, content: str | bytes | Callable[[BinaryIO], None],
-                 if_full: str = "the previous version is unchanged; free space and run the command again") -> None:
-    """Write `content` (text, bytes, or a function that writes to a binary file) to a temp file beside `path`,
-    fsync it, then rename it over `path`.
-
-    `path` keeps its old content if anything fails; a full disk raises `DiskFullError`, whose message ends
-    with `if_full`.
-    """
-    path = Path(path)
-    remove_stale_temps(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if callable(content):
-                content(handle)
-            else:
-                handle.write(content.encode() if isinstance(content, str) else content)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        full = disk_full(err, path, if_full)
-        if full is not None:
-            raise full from None
-        raise
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def remove_stale_temps(path: Path) -> list[Path]:
-    """Remove temp files of `write_atomic(path, ...)` whose writing process no longer runs."""
-    removed = []
-    for tmp in Path(path).parent.glob(f".{Path(path).name}.*.tmp"):
-        pid = tmp.name[len(Path(path).name) + 2:].split(".", 1)[0]
-        if pid.isdigit() and is_running(int(pid)):
-            continue  # a live writer's file (or an unrelated process that reuses the pid: left alone)
-        tmp.unlink(missing_ok=True)
-        removed.append(tmp)
-    return removed
-
-
-def is_running(pid: int) -> bool:
-    """Whether process `pid` exists on this host (another user's counts)."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except (OverflowError, OSError):  # no such pid can exist
-        return False
-    return True
-
 
 _MAX_LINE = 1 << 20
 """Longest trial line read (bytes): a line is an arch and a few metrics, a few KB."""

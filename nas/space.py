@@ -294,56 +294,6 @@ class SearchSpace(ABC):
         raise UserError(f"space {self.name} has no supernet yet")
 
 
-NamedKey = tuple[str, str]
-"""(child module name, latency key) of one unit of a network."""
-
-
-class ChainSpace(SearchSpace):
-    """A space whose network is a chain of units: a fixed front, one unit (or none) per decision, a fixed back.
-
-    Subclasses give `chain` (the three parts, precomputed per decision and choice) and
-    `unit_table`; `build`, `latency_keys` and `latency_terms` follow from them.
-    """
-
-    @property
-    @abstractmethod
-    def chain(self) -> tuple[list[NamedKey], list[tuple[str, dict[Choice, NamedKey | None]]], list[NamedKey]]:
-        """(front, [(decision, choice -> unit or None when skipped)], back), in network order."""
-
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        from collections import OrderedDict
-
-        from torch import nn
-
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """The fixed front, the unit of every decision that is not a skip, the fixed back."""
-        return [key for _, key in self._named_keys(arch)]
-
-    def latency_terms(self) -> list[LatencyTerm]:
-        """The fixed front, one term per decision (its unit), the fixed back."""
-        front, by_choice, back = self.chain
-
-        def fixed(named: list[NamedKey]) -> LatencyTerm:
-            keys = tuple(key for _, key in named)
-            return LatencyTerm((), lambda _: keys)
-
-        def one(table: dict[Choice, NamedKey | None]) -> Callable:
-            return lambda choices: () if table[choices[0]] is None else (table[choices[0]][1],)
-
-        return [fixed(front), *(LatencyTerm((d,), one(t)) for d, t in by_choice), fixed(back)]
-
-    def _named_keys(self, arch: Arch) -> list[NamedKey]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
-        self.check_own(arch)
-        front, by_choice, back = self.chain
-        chosen = [table[arch.choices[decision]] for decision, table in by_choice]
-        return [*front, *(unit for unit in chosen if unit is not None), *back]
-
-
 def hwc(size: int, channels: int) -> str:
     """A square feature map as latency keys spell it: `{H}x{W}x{C}`."""
     return f"{size}x{size}x{channels}"
@@ -402,7 +352,6 @@ def find_preset(name: str) -> Arch:
 
 
 __all__ = [
-    "ChainSpace",
     "Decision",
     "LatencyTerm",
     "MAX_CLASSES",

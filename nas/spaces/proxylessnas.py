@@ -30,9 +30,10 @@ from typing import Annotated
 from pydantic import Field
 from torch import nn
 
+from nas.chain_space import ChainSpace
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import MAX_RESOLUTION, ChainSpace, Decision, NumClasses, SpaceConfig, WidthMult, hwc
+from nas.space import MAX_RESOLUTION, Decision, NumClasses, SpaceConfig, WidthMult, hwc
 
 # Search-script defaults [search/imagenet_arch_search.py]: (width, blocks, stride) per stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2), (320, 1, 1))

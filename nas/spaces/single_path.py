@@ -34,9 +34,10 @@ from functools import cached_property, partial
 from pydantic import Field
 from torch import nn
 
+from nas.chain_space import ChainSpace
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import MAX_RESOLUTION, ChainSpace, Decision, NumClasses, SpaceConfig, WidthMult, hwc
+from nas.space import MAX_RESOLUTION, Decision, NumClasses, SpaceConfig, WidthMult, hwc
 
 # [supernet_macro.py single_path_search]: (width, layers, first-layer stride) per searchable stage.
 _STAGES = ((24, 4, 2), (40, 4, 2), (80, 4, 2), (96, 4, 1), (192, 4, 2))

@@ -1,7 +1,7 @@
 """`ChainSupernet`: the supernet of a `ChainSpace`, one `MixedOp` per decision over its choices' units.
 
 The network of a chain space is a fixed front, one unit (or none, a skip) per decision and a
-fixed back (`nas.space.ChainSpace.chain`). The supernet keeps the front and back units and,
+fixed back (`nas.chain_space.ChainSpace.chain`). The supernet keeps the front and back units and,
 per decision, a mixed op holding one module per choice, made by the same factories as
 `build` (`unit_table`); a skip is the mixed op's zero op of kind `identity`, as the chain
 drops the unit. This is ProxylessNAS' supernet (Cai et al., ICLR 2019; mit-han-lab/proxylessnas
@@ -21,8 +21,8 @@ import torch
 from torch import nn
 
 from nas.arch import Arch, Choice
+from nas.chain_space import ChainSpace, NamedKey
 from nas.ops.mixed import MixedOp
-from nas.space import ChainSpace, NamedKey
 from nas.supernet import Supernet, module_name
 
 
