@@ -122,3 +122,13 @@ def _one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread_after_each_test() -> Iterator[None]:
+    """A test that sets torch's thread count (in-process training sets one per worker CPU) leaks nothing into the
+    next: one thread again after each test (`_one_torch_thread`)."""
+    yield
+    import torch
+
+    torch.set_num_threads(1)

@@ -4,7 +4,6 @@ real search, the trial line of an arch stopped early, and the searches ASHA cann
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -36,15 +35,6 @@ def _small_cnn() -> nn.Module:
 
 class _Stop(Exception):
     pass
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Training on one thread, as the train evaluator does: on two busy cores, two threads train 20x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- the epoch callback -------------------------------------------------------------------------------

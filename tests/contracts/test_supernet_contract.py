@@ -6,8 +6,6 @@ random batch-norm scale, shift and running statistics, so eval mode is not close
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -22,15 +20,6 @@ from nas.supernet import Supernet
 SEEDS = (0, 1, 2)
 TOLERANCE = 1e-5
 BATCH = 3  # > 1 so that train-mode batch norm has statistics at a 1x1 feature map
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Tiny networks run in milliseconds on one thread; two threads on a busy 2-core machine spin for seconds."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _space(space_name: str) -> SearchSpace:

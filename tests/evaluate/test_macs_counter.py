@@ -19,15 +19,6 @@ from nas.space import load_space, space_of
 SLOW_PRESETS = {"nasnet_a_large"}  # 24 GMACs: seconds per forward pass, twice
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread, as `nas.pricing.unit_costs` counts: on a busy machine more threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _both(module: nn.Module, shape: tuple[int, ...]) -> tuple[int | None, int]:
     return _count_fast(module, shape), _count_with_flop_counter(module, shape)
 

@@ -9,8 +9,6 @@ branch, and the choice points carrying out every decision.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -32,15 +30,6 @@ NASNET_SLIM = {"resolution": 19, "num_classes": 3, "stem": "imagenet", "num_filt
                "reduction_concat_extra": [0, 1, 3], "dropout": 0.5}
 EEEA_SMALL = {"resolution": 8, "num_classes": 5, "init_channels": 4, "layers": 4, "blocks": 4,
               "ops": ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "inv_res_3x3", "conv_7x1_1x7"]}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    """Many small convs: one intra-op thread is several times faster than two on a shared, busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _randomised(net: nn.Module, seed: int = 0) -> nn.Module:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
 import torch
@@ -15,12 +13,9 @@ from nas.supernets.nasbench201 import NASBench201Supernet
 
 
 @pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded() -> None:
+    """Each test starts from the same torch seed (one torch thread: conftest)."""
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _tiny(name: str):
