@@ -37,6 +37,42 @@ def test_a_stop_that_hangs_ends_after_the_grace_period_or_a_second_signal(grace_
     assert within[0] < took < within[1] + 5, f"took {took:.1f} s"  # + the child's start-up
 
 
+_STUCK_IN_C = r"""
+import os, signal, sys, time
+from nas.interrupts import catching_signals
+with catching_signals(grace_s=1.0):
+    # Like a Ray call waiting on a GCS that is gone: C code that retries on EINTR never returns to the
+    # interpreter, so the Python handler never runs. Here the main thread blocks the signals instead.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    for _ in range(int(sys.argv[1])):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.2)
+    time.sleep(30)
+"""
+
+
+@pytest.mark.parametrize(("signals", "within"), [(1, (0.8, 6)), (2, (0, 6))])
+def test_a_stop_ends_in_time_while_the_main_thread_never_runs_the_python_handler(
+        signals: int, within: tuple[float, float]) -> None:
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, "-c", _STUCK_IN_C, str(signals)], capture_output=True, text=True,
+                          timeout=60)
+    took = time.monotonic() - start
+    assert done.returncode == 128 + signal.SIGTERM, f"exit {done.returncode} after {took:.1f} s: {done.stderr[-3000:]}"
+    assert done.stderr.splitlines() == [STOPPED], done.stderr[-3000:]
+    assert within[0] < took < within[1] + 5, f"took {took:.1f} s"
+
+
+def test_the_interpreter_gets_its_wakeup_fd_back() -> None:
+    before = signal.set_wakeup_fd(-1)
+    try:
+        with catching_signals():
+            pass
+        assert signal.set_wakeup_fd(-1) == -1
+    finally:
+        signal.set_wakeup_fd(before)
+
+
 def test_a_failure_after_a_stop_request_is_the_stop_and_handlers_come_back() -> None:
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Interrupted) as err:
