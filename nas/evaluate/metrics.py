@@ -23,16 +23,17 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["count_macs", "count_params"]
 
 _CONVS = frozenset({"conv1d", "conv2d", "conv3d"})
+_MATMULS = frozenset({"bmm", "matmul", "__matmul__"})
 _FREE = frozenset({
     # reading a tensor's attributes and shape (`x.shape`, `x.T` arrive as a property's `__get__`)
     "__get__", "dim", "size", "numel", "__len__", "__getitem__", "contiguous",
     # reshaping, joining, padding and making tensors
-    "view", "reshape", "flatten", "squeeze", "unsqueeze", "permute", "transpose", "expand", "narrow", "chunk",
-    "split", "cat", "stack", "pad", "zeros", "zeros_like", "ones", "ones_like", "empty", "clone",
+    "view", "reshape", "flatten", "unflatten", "squeeze", "unsqueeze", "permute", "transpose", "expand", "narrow",
+    "chunk", "split", "cat", "stack", "pad", "zeros", "zeros_like", "ones", "ones_like", "empty", "clone",
     # elementwise arithmetic and reductions, as functions, methods and operators
     "add", "add_", "__add__", "__iadd__", "__radd__", "sub", "sub_", "__sub__", "__rsub__", "mul", "mul_",
     "__mul__", "__imul__", "__rmul__", "div", "div_", "__truediv__", "__itruediv__", "neg", "clamp", "clamp_",
-    "mean", "sum",
+    "mean", "sum", "unbind", "__iter__",
     # activations, normalisation, pooling and dropout
     "relu", "relu_", "relu6", "hardtanh", "hardtanh_", "hardswish", "hardsigmoid", "sigmoid", "sigmoid_", "tanh",
     "silu", "gelu", "leaky_relu", "elu", "softmax", "batch_norm", "layer_norm", "group_norm", "instance_norm",
@@ -108,8 +109,10 @@ class _MacCounter(TorchFunctionMode):
 
 
 def _macs_of(name: str | None, args: tuple, kwargs: dict, out: Any) -> int | None:
-    """MACs of a batched convolution or of a linear layer on a matrix, as `FlopCounterMode` counts the aten
-    op it becomes (`convolution`: out spatial x kernel x batch x c_out x c_in/groups; `addmm`/`mm`: m x n x k);
+    """MACs of a batched convolution, of a linear layer on a matrix or of a matrix product, as `FlopCounterMode`
+    counts the aten op it becomes (`convolution`: out spatial x kernel x batch x c_out x c_in/groups; `addmm`/`mm`:
+    m x n x k, a linear layer on more dims as one `mm`; `bmm`, and `matmul` of operands with 2+ dims, which
+    becomes `bmm` or `mm`: out elements x k);
     None for any other call."""
     x = args[0] if args else kwargs.get("input")
     weight = args[1] if len(args) > 1 else kwargs.get("weight")
@@ -117,6 +120,8 @@ def _macs_of(name: str | None, args: tuple, kwargs: dict, out: Any) -> int | Non
         return None
     if name in _CONVS and x.dim() == weight.dim() == int(name[-2]) + 2:
         return out.numel() * math.prod(weight.shape[1:])  # (B, C_out, *spatial) x (C_in/groups, *kernel)
-    if name == "linear" and x.dim() == 2 and weight.dim() == 2:
-        return x.shape[0] * weight.shape[0] * weight.shape[1]  # (m, k) @ (k, n)
+    if name == "linear" and x.dim() >= 2 and weight.dim() == 2:
+        return x.numel() // x.shape[-1] * weight.shape[0] * weight.shape[1]  # (..., m, k) @ (k, n): one mm
+    if name in _MATMULS and x.dim() >= 2 and weight.dim() >= 2:
+        return out.numel() * x.shape[-1]  # (..., m, k) @ (..., k, n): attention's scores and weighted values
     return None

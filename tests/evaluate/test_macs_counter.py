@@ -1,6 +1,6 @@
 """`count_macs` counts torch functions itself and gives exactly `FlopCounterMode`'s MACs: on every unit, preset
 and some random archs of every registered space (where it must not need the fallback), and on modules it
-cannot count itself (attention, batched products, transposed convolutions), which it hands to the fallback."""
+cannot count itself (transposed convolutions, einsum), which it hands to the fallback."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _presets() -> list[object]:
 def test_every_preset_counts_as_flop_counter(name, preset):
     arch = load_space(name).preset(preset)
     own = space_of(arch)
-    r = own.config.resolution
+    r = own.input_resolution(arch)
     fast, reference = _both(own.build(arch), (3, r, r))
     assert fast == reference > 0
     assert own.cost(arch)["macs"] == reference  # the unit sums the searches use, too
@@ -55,15 +55,15 @@ def test_every_preset_counts_as_flop_counter(name, preset):
 def test_random_archs_count_as_flop_counter(name):
     space = load_space(name)
     rng = np.random.default_rng(12)
-    r = space.config.resolution
     for _ in range(3):
         arch = space.sample(rng)
+        r = space.input_resolution(arch)
         fast, reference = _both(space.build(arch), (3, r, r))
         assert fast == reference > 0, arch.short_hash
 
 
 class _Attention(nn.Module):
-    """Self-attention over the pixels: batched matrix products the fast counter does not know."""
+    """Self-attention over the pixels: batched matrix products (`@` on 3-D tensors)."""
 
     def __init__(self, c: int) -> None:
         super().__init__()
@@ -82,7 +82,7 @@ class _Linear3d(nn.Module):
         self.fc = nn.Linear(8, 5)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.flatten(2))  # (B, C, HW) -> (B, C, 5): not the (B, features) case counted fast
+        return self.fc(x.flatten(2))  # (B, C, HW) -> (B, C, 5)
 
 
 class _Einsum(nn.Module):
@@ -94,12 +94,21 @@ class _Einsum(nn.Module):
         return torch.einsum("bchw,cd->bdhw", x, self.w)
 
 
+@pytest.mark.parametrize(("module", "shape", "macs"), [
+    # 3x3 conv, 1x1 qkv conv, then two products of 16 x 8 x 16 multiply-accumulates each
+    (nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), _Attention(8)), (4, 6, 6), 16 * 8 * 36 + 16 * 24 * 8 + 2 * 2048),
+    (nn.Sequential(nn.Conv2d(3, 4, 1), _Linear3d()), (3, 2, 4), 8 * 4 * 3 + 4 * 8 * 5),  # a token-wise linear
+], ids=["attention", "linear_3d"])
+def test_matrix_products_on_tokens_count_fast_as_flop_counter(module: nn.Module, shape: tuple[int, ...],
+                                                              macs: int) -> None:
+    fast, reference = _both(module, shape)
+    assert fast == reference == macs
+
+
 @pytest.mark.parametrize(("module", "shape"), [
-    (nn.Sequential(nn.Conv2d(4, 8, 3), nn.ReLU(), _Attention(8)), (4, 6, 6)),
     (nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2), nn.BatchNorm2d(4)), (3, 5, 5)),
-    (nn.Sequential(nn.Conv2d(3, 4, 1), _Linear3d()), (3, 2, 4)),
     (_Einsum(), (4, 3, 3)),
-], ids=["attention", "conv_transpose", "linear_3d", "einsum"])
+], ids=["conv_transpose", "einsum"])
 def test_modules_the_fast_counter_does_not_know_go_to_flop_counter(module, shape):
     fast, reference = _both(module, shape)
     assert fast is None
