@@ -278,7 +278,8 @@ def export_cmd(
 
     Example: nas export --run-dir runs/demo --rank 1 --format json,pt,torchscript,onnx --out exported
     """
-    from nas.export import UNTRAINED, export, find_weights, load_trained, pick_arch
+    from nas.export import UNTRAINED, export
+    from nas.export_source import find_weights, load_trained, pick_arch
 
     run_path, arch_path, out_path, weights_path = (check_path(v, f) for v, f in (
         (run_dir, "--run-dir"), (arch, "--arch"), (out, "--out"), (weights, "--weights")))

@@ -56,7 +56,7 @@ def train(
     from nas.cli_output import echo_json
     from nas.cli_supernet import progress_printer
     from nas.config import parse_set_options
-    from nas.export import pick_arch
+    from nas.export_source import pick_arch
     from nas.oneshot.trainer import TrainRequest, train_supernet
 
     run_path, arch_path = check_path(run_dir, "--run-dir"), check_path(arch, "--arch")

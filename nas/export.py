@@ -220,7 +220,8 @@ def export(
     out = _writable_dir(Path(out_dir))
     _remove_stale_temps(out)
     model = _build(arch, seed) if model is None else copy.deepcopy(model).cpu().eval()
-    inputs = torch.randn(_TRACE_BATCH + _CHECK_BATCH, 3, arch.config["resolution"], arch.config["resolution"],
+    r = space_of(arch).input_resolution(arch)  # the arch's own: a space may search the resolution
+    inputs = torch.randn(_TRACE_BATCH + _CHECK_BATCH, 3, r, r,
                          generator=torch.Generator().manual_seed(seed))  # (B, 3, R, R)
     example, check = inputs[:_TRACE_BATCH], inputs[_TRACE_BATCH:]
     with torch.inference_mode():
@@ -300,94 +301,6 @@ def _remove_stale_temps(out: Path) -> None:
                 entry.unlink(missing_ok=True)
 
 
-def pick_arch(run_dir: Path | None, rank: int, arch: Path | None, preset: str | None) -> Arch:
-    """The arch `nas export` exports: rank `rank` of a run dir's best.json, an arch file or a preset."""
-    from nas.files import read_bounded
-    from nas.space import find_preset
-
-    given = [n for n, v in (("--run-dir", run_dir), ("--arch", arch), ("--preset", preset)) if v is not None]
-    if len(given) != 1:
-        raise UserError(f"give exactly one of --run-dir, --arch, --preset (got {', '.join(given) or 'none'})")
-    if preset is not None:
-        return find_preset(preset)
-    if arch is not None:
-        try:
-            return Arch.from_json(read_bounded(arch, str(arch)))
-        except OSError as err:
-            raise UserError(f"--arch: cannot read {arch} ({err.strerror})") from None
-        except UserError as err:
-            raise UserError(f"--arch {arch}: {err}") from None
-    return _ranked_arch(run_dir, rank)
-
-
-def _ranked_arch(run_dir: Path, rank: int) -> Arch:
-    """The arch at `rank` (1 = best) of `run_dir`'s best.json; every way it can fail is one `UserError` line."""
-    from nas.files import load_json, read_bounded
-
-    best_path = run_dir / "best.json"
-    if not run_dir.is_dir():
-        raise UserError(f"--run-dir: {run_dir} is not a directory; give the run dir of a search (its --run-dir)")
-    if not best_path.exists() and not best_path.is_symlink():
-        if any((run_dir / name).exists() for name in ("trials.jsonl", "strategy.json")):
-            raise UserError(f"--run-dir: the search in {run_dir} has not finished ({best_path} is written at its "
-                            "end); resume it with the same `nas search` command, or export with --arch or --preset")
-        raise UserError(f"--run-dir: {best_path} not found; is {run_dir} the run dir of a finished search?")
-    try:
-        best = load_json(read_bounded(best_path, "best.json"), "best.json")
-        if not isinstance(best, list) or not all(isinstance(r, dict) and "arch" in r for r in best):
-            raise UserError("not a list of records with an 'arch' each")
-    except OSError as err:
-        raise UserError(f"--run-dir: cannot read {best_path} ({err.strerror or err})") from None
-    except UserError as err:
-        raise UserError(f"--run-dir: {best_path} is damaged (not JSON, or not what `nas search` writes): {err}; "
-                        "re-run the search to rewrite it") from None
-    if not best:
-        raise UserError(f"--run-dir: the run {run_dir} has no ranked archs yet ({best_path} is an empty list: no "
-                        "arch was evaluated successfully, trials.jsonl says why); fix that and re-run the search, "
-                        "or export with --arch or --preset")
-    if not 1 <= rank <= len(best):
-        raise UserError(f"--rank must be between 1 and {len(best)} (archs in {best_path}); got {rank}")
-    try:
-        return Arch.from_dict(best[rank - 1]["arch"])
-    except UserError as err:
-        raise UserError(f"--run-dir: {best_path} is damaged at rank {rank} ({err}); re-run the search to rewrite "
-                        "it") from None
-
-
-def find_weights(run_dir: Path | None, rank: int, weights: Path | None) -> Path | None:
-    """The `nas train` output dir whose weights `nas export` ships: `weights` when given, else the default
-    `<run-dir>/train-rank<N>` when it holds a checkpoint; None: no trained weights (an untrained export)."""
-    if weights is not None:
-        return weights
-    if run_dir is None:
-        return None
-    from nas.cli_train import default_out
-
-    found = default_out(run_dir, rank, "", "") / "checkpoints"
-    return found.parent if found.is_dir() and any(found.glob("step-*")) else None
-
-
-def load_trained(arch: Arch, weights: Path) -> tuple[nn.Module, str]:
-    """The eval-mode network of `arch` with the weights of the `nas train` run dir `weights` (its newest
-    checkpoint, checked), and a one-phrase description of them; a one-line `UserError` for a checkpoint that is
-    missing, corrupt, or of another arch or space config."""
-    from nas.evaluate.supernet import newest_checkpoint
-
-    space = space_of(arch)
-    found = newest_checkpoint(weights, space, "--weights")
-    trained = found.meta.get("method_config", {}).get("arch") if found.meta.get("method") == "standalone" else None
-    if trained is None:
-        raise UserError(f"--weights {weights}: a {found.meta.get('method')} supernet checkpoint, not a `nas train` "
-                        f"run; give the --out of `nas train` (a supernet's arch: `nas train --init-from`)")
-    if Arch.from_json(trained).hash != arch.hash:
-        raise UserError(f"--weights {weights}: trained arch {Arch.from_json(trained).short_hash}, not the exported "
-                        f"{arch.short_hash}; give the `nas train` dir of this arch (or --rank of that one)")
-    model = space.build(arch)
-    model.load_state_dict(found.load_state()["method"]["model"], strict=True)
-    done = "" if found.meta.get("complete") else f", unfinished: step {found.step} of {found.meta['total_steps']}"
-    return model.eval(), f"trained: {found.path.resolve()}{done}"
-
-
 def _max_abs_diff(got: torch.Tensor, expected: torch.Tensor, name: str) -> float:
     if got.shape != expected.shape:
         raise NasError(f"export {name}: output shape {tuple(got.shape)} != PyTorch's {tuple(expected.shape)}")
@@ -405,14 +318,20 @@ def _build(arch: Arch, seed: int) -> nn.Module:
     Fresh batch-norm statistics (mean 0, variance 1) let activations shrink layer by layer
     until the logits hardly depend on the input, which would make the export check compare
     constants; the statistics are therefore set from a few random batches first, so the
-    checked outputs vary with the input the way a trained network's do.
+    checked outputs vary with the input the way a trained network's do. For the same reason a
+    batch-norm scale initialised to zero (BossNet's last norm of each block, as in zero-init
+    ResNets) is set to one: such a block adds nothing until trained, so the check would not see it.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = space_of(arch).build(arch)
-        resolution = arch.config["resolution"]
+        space = space_of(arch)
+        model = space.build(arch)
+        resolution = space.input_resolution(arch)
         norms = {m: m.momentum for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)}
         for norm in norms:
+            if norm.affine:
+                with torch.no_grad():
+                    norm.weight.masked_fill_(norm.weight == 0, 1.0)
             norm.reset_running_stats()
             norm.momentum = None  # a plain average over the calibration batches
         model.train()
@@ -437,5 +356,4 @@ def _writable_dir(out: Path) -> Path:
     return out
 
 
-__all__ = ["UNTRAINED", "Exported", "Exporter", "export", "find_weights", "load_trained", "pick_arch",
-           "write_bytes"]
+__all__ = ["UNTRAINED", "Exported", "Exporter", "export", "write_bytes"]

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from nas import export as export_module
+from nas import export_source
 from nas.arch import Arch
 from nas.errors import NasError, UserError
 from nas.export import OnnxExporter, export
@@ -104,6 +105,18 @@ def test_checked_outputs_depend_on_the_input(arch: Arch) -> None:
         logits = model(torch.randn(4, 3, arch.config["resolution"], arch.config["resolution"]))
     assert float(logits.std(0).max()) > 0.05
     assert not model.training
+
+
+def test_the_check_sees_blocks_whose_last_norm_starts_at_zero() -> None:
+    """BossNet zero-initialises each block's last batch-norm scale: untrained, a block would add nothing."""
+    from nas.export import _build
+
+    arch = find_preset("bossnas_hytra_tiny")
+    zero = [m for m in space_of(arch).build(arch).modules() if isinstance(m, torch.nn.BatchNorm2d)
+            and bool((m.weight == 0).all())]
+    assert zero, "the space no longer zero-initialises a norm: this test checks nothing"
+    model = _build(arch, seed=0)
+    assert all(bool((m.weight != 0).all()) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
 
 
 def _files(root: Path) -> dict[str, bytes]:
@@ -254,7 +267,7 @@ def _record(arch: Arch) -> dict:
 def test_an_empty_best_json_says_the_run_has_no_ranked_archs(tmp_path: Path, rank: int) -> None:
     run = _run_dir(tmp_path, "[]\n", "trials.jsonl")
     with pytest.raises(UserError) as err:
-        export_module.pick_arch(run, rank, None, None)
+        export_source.pick_arch(run, rank, None, None)
     message = str(err.value)
     assert "no ranked archs yet" in message and "between 1 and 0" not in message, message
     assert str(run) in message and "--arch or --preset" in message and "\n" not in message, message
@@ -262,13 +275,13 @@ def test_an_empty_best_json_says_the_run_has_no_ranked_archs(tmp_path: Path, ran
 
 def test_a_run_dir_without_best_json_says_whether_the_search_is_unfinished(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="is not a directory"):
-        export_module.pick_arch(tmp_path / "nowhere", 1, None, None)
+        export_source.pick_arch(tmp_path / "nowhere", 1, None, None)
     run = _run_dir(tmp_path, None)
     with pytest.raises(UserError, match=r"best.json not found; is .* the run dir of a finished search"):
-        export_module.pick_arch(run, 1, None, None)
+        export_source.pick_arch(run, 1, None, None)
     (run / "trials.jsonl").write_text('{"trial": 0}\n')
     with pytest.raises(UserError, match=r"has not finished .* resume it with the same `nas search` command"):
-        export_module.pick_arch(run, 1, None, None)
+        export_source.pick_arch(run, 1, None, None)
 
 
 @pytest.mark.parametrize(("best", "needle"), [
@@ -284,7 +297,7 @@ def test_a_run_dir_without_best_json_says_whether_the_search_is_unfinished(tmp_p
 def test_a_damaged_best_json_is_one_line(tmp_path: Path, best: str, needle: str) -> None:
     run = _run_dir(tmp_path, best)
     with pytest.raises(UserError) as err:
-        export_module.pick_arch(run, 1, None, None)
+        export_source.pick_arch(run, 1, None, None)
     message = str(err.value)
     assert needle in message and str(run / "best.json") in message, message
     assert "\n" not in message and len(message) < 600, message
@@ -294,11 +307,11 @@ def test_a_best_json_that_is_no_file_is_one_line(tmp_path: Path) -> None:
     run = _run_dir(tmp_path, None)
     (run / "best.json").mkdir()
     with pytest.raises(UserError, match="is a directory"):
-        export_module.pick_arch(run, 1, None, None)
+        export_source.pick_arch(run, 1, None, None)
     (run / "best.json").rmdir()
     (run / "best.json").symlink_to(run / "gone.json")
     with pytest.raises(UserError, match=r"cannot read .*best.json \(No such file"):
-        export_module.pick_arch(run, 1, None, None)
+        export_source.pick_arch(run, 1, None, None)
 
 
 def test_the_rank_picks_a_record_and_is_checked(arch: Arch, tmp_path: Path) -> None:
@@ -306,10 +319,10 @@ def test_the_rank_picks_a_record_and_is_checked(arch: Arch, tmp_path: Path) -> N
     other = arch.replace(**{first: next(c for c in _choices(arch, first) if c != arch.choices[first])})
     assert other != arch
     run = _run_dir(tmp_path, json.dumps([_record(arch), _record(other)]))
-    assert export_module.pick_arch(run, 2, None, None) == other
-    assert export_module.pick_arch(run, 1, None, None) == arch
+    assert export_source.pick_arch(run, 2, None, None) == other
+    assert export_source.pick_arch(run, 1, None, None) == arch
     with pytest.raises(UserError, match=r"--rank must be between 1 and 2 .*; got 3"):
-        export_module.pick_arch(run, 3, None, None)
+        export_source.pick_arch(run, 3, None, None)
 
 
 def test_the_cli_prints_the_empty_run_in_one_line(tmp_path: Path) -> None:
