@@ -140,6 +140,16 @@ class SearchSpace(ABC):
         factory, input_shape = entry
         return Unit(factory(), input_shape)
 
+    def input_resolution(self, arch: Arch) -> int:
+        """The side R of the (B, 3, R, R) input `build(arch)` takes: the config's `resolution`, unless the space
+        searches the resolution (then the arch's choice). Whatever feeds an arch's network reads it here."""
+        return self.config.resolution
+
+    def input_resolutions(self) -> tuple[int, ...]:
+        """Every `input_resolution` an arch of this space can have, ascending; the config's `resolution` is the
+        largest, so data loaded at it serve every arch after a resize (`nas.evaluate.data.resize_images`)."""
+        return (self.config.resolution,)
+
     def check_own(self, arch: Arch) -> None:
         """Refuse an arch of another space or config (its keys would price another network)."""
         if arch.space != self.name or arch.config != self._config_dump:
@@ -193,9 +203,11 @@ class SearchSpace(ABC):
         for name, value in choices.items():
             allowed = self._decisions[name].choices
             if value not in allowed or type(value) is not type(allowed[allowed.index(value)]):
+                # Quoted where a type tells them apart: 3.0 is not the choice "3.0".
+                shown = repr if any(type(c) is not type(value) for c in allowed) else str
                 raise UserError(
                     f"{self.name}: decision {name!r} has no choice {shorten(value)}; "
-                    f"allowed: {', '.join(map(str, allowed))}"
+                    f"allowed: {', '.join(map(shown, allowed))}"
                 )
         self.check(choices)
         return Arch(self.name, choices, self.config.model_dump())

@@ -57,7 +57,7 @@ def test_huge_names_are_echoed_short(tiny: Arch) -> None:
     _one_line(err)
     with pytest.raises(UserError, match="unknown preset") as err:
         find_preset(HUGE)
-    _one_line(err, limit=600)  # it lists the 19 known presets
+    _one_line(err, limit=1000)  # it lists the 37 known presets
     with pytest.raises(UserError, match="'space' must be a space name") as err:
         Arch.from_dict({**tiny.to_dict(), "space": [HUGE]})
     _one_line(err)

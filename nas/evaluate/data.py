@@ -22,7 +22,7 @@ import io
 import math
 import pickle
 import pickletools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
@@ -59,11 +59,25 @@ class Dataset:
     x_val: torch.Tensor  # (M, 3, R, R) float32, normalised
     y_val: torch.Tensor  # (M,) int64
     num_classes: int
+    _resized: dict[int, Dataset] = field(init=False, default_factory=dict, repr=False)
 
     @property
     def resolution(self) -> int:
         """Height (= width) of every image."""
         return int(self.x_train.shape[-1])
+
+    def at_resolution(self, resolution: int) -> Dataset:
+        """These images resized to `resolution` (`resize_images`), made once per resolution and kept with this data
+        set: a space that searches the input resolution loads its data at the largest (the config's `resolution`)
+        and feeds each arch at its own (`SearchSpace.input_resolution`)."""
+        if resolution == self.resolution:
+            return self
+        resized = self._resized.get(resolution)
+        if resized is None:
+            resized = self._resized[resolution] = Dataset(
+                self.name, resize_images(self.x_train, resolution), self.y_train,
+                resize_images(self.x_val, resolution), self.y_val, self.num_classes)
+        return resized
 
 
 def load_dataset(
@@ -141,6 +155,12 @@ def _stratified_split(
         val.append(members[:n_val])
         train.append(members[n_val:])
     return torch.from_numpy(np.sort(np.concatenate(train))), torch.from_numpy(np.sort(np.concatenate(val)))
+
+
+def resize_images(images: torch.Tensor, resolution: int) -> torch.Tensor:
+    """(N, C, H, W) -> (N, C, R, R) as the loaders here resize: bilinear, antialiased when shrinking; also how a batch
+    loaded at a space's largest resolution reaches an arch's own (`SearchSpace.input_resolution`)."""
+    return _resize(images, resolution)
 
 
 def _resize(images: torch.Tensor, resolution: int) -> torch.Tensor:
@@ -378,4 +398,4 @@ def _cut(text: str, limit: int = 200) -> str:
     return text if len(text) <= limit else f"{text[:limit]}…"
 
 
-__all__ = ["DATASETS", "DATA_DIR_DATASETS", "Dataset", "load_dataset"]
+__all__ = ["DATASETS", "DATA_DIR_DATASETS", "Dataset", "load_dataset", "resize_images"]

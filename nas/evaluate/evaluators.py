@@ -164,9 +164,10 @@ class TrainEvaluator(Evaluator):
 
         start = time.perf_counter()
         torch.set_num_threads(self.config.threads)
+        # Loaded at the space's largest resolution, fed at the arch's own (the same images for every arch).
         data = load_dataset(
             self.config.data, self.config.data_dir, resolution=self.space.config.resolution, seed=self.config.seed
-        )
+        ).at_resolution(self.space.input_resolution(arch))
         cost = self.cost_metrics(arch)
 
         def metrics_of(epoch: int, result: dict[str, float]) -> dict[str, float]:

@@ -159,7 +159,7 @@ class SupernetEvaluator(Evaluator):
         start = time.perf_counter()
         torch.set_num_threads(self.config.threads)
         self.space.check_own(arch)
-        data = self._data()
+        data = self._data().at_resolution(self.space.input_resolution(arch))  # loaded at the largest resolution
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.config.seed)  # recalibration runs train-mode forwards (dropout draws)
             net = self.supernet().extract(arch)  # a copy: the shared supernet's BN stays as trained

@@ -302,8 +302,9 @@ def _interleave(first: Sequence[Arch], second: Sequence[Arch]) -> list[Arch]:
     return [a for _, _, a in sorted(spots, key=lambda spot: spot[:2])]
 
 
-def _input_shape(space: SearchSpace) -> tuple[int, int, int]:
-    return (3, space.config.resolution, space.config.resolution)
+def _input_shape(space: SearchSpace, arch: Arch) -> tuple[int, int, int]:
+    r = space.input_resolution(arch)  # the arch's own: a space may search the resolution
+    return (3, r, r)
 
 
 def _network_reference(space: SearchSpace, timer: Timer, arch: Arch, ms: float | None = None) -> Reference | None:
@@ -313,7 +314,7 @@ def _network_reference(space: SearchSpace, timer: Timer, arch: Arch, ms: float |
     """
     if not timer.reference:
         return None
-    return timer.network_reference(space.build(arch), _input_shape(space), f"arch-{arch.short_hash}", ms)
+    return timer.network_reference(space.build(arch), _input_shape(space, arch), f"arch-{arch.short_hash}", ms)
 
 
 def _time_archs(
@@ -323,7 +324,8 @@ def _time_archs(
     """End-to-end latency (ms) of each arch's built network, normalised by the network `reference`."""
     times = []
     for i, arch in enumerate(archs):
-        times.append(timer.time(space.build(arch), _input_shape(space), key=arch.hash, reference=reference).mean_ms)
+        timing = timer.time(space.build(arch), _input_shape(space, arch), key=arch.hash, reference=reference)
+        times.append(timing.mean_ms)
         _tick(progress, stage, i + 1, len(archs))
     return np.array(times)
 

@@ -146,7 +146,7 @@ def _time_reference(table: LatencyTable, seconds: float) -> tuple[float, float]:
     meta = table.metadata
     space = load_space(meta.space, meta.space_config)
     arch = space.make_arch(reference["choices"])
-    resolution = space.config.resolution
+    resolution = space.input_resolution(arch)
     measured = _timer(table).calibrated_ms(space.build(arch), (3, resolution, resolution), seconds,
                                            key=f"arch-{arch.short_hash}")
     log.info("reference network of %s: %.4g ms here, %.4g ms in the table", table.source, measured, reference["ms"])

@@ -28,6 +28,7 @@ from torch import nn
 from nas.arch import Arch
 from nas.config import METHODS_DIR, Frozen
 from nas.errors import UserError, shorten
+from nas.evaluate.data import resize_images
 
 if TYPE_CHECKING:
     from nas.evaluate.data import Dataset
@@ -76,13 +77,17 @@ class Batch:
 
 class MethodModel(nn.Module):
     """The default `OneShotMethod.model`: the supernet, running its active arch. Methods set the path with
-    `supernet.activate(arch)` and then call `method.wrapped(x)`, so DDP sees only tensors."""
+    `supernet.activate(arch)` and then call `method.wrapped(x)`, so DDP sees only tensors. The batch, loaded at
+    the space's largest resolution, is resized to the active arch's own (BigNAS trains each sampled resolution)."""
 
     def __init__(self, supernet: nn.Module) -> None:
         super().__init__()
         self.supernet = supernet
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        active = self.supernet.active
+        if active is not None:
+            x = resize_images(x, self.supernet.space.input_resolution(active))  # as it is when the sizes agree
         return self.supernet(x)  # (B, num_classes)
 
 

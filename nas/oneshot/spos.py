@@ -77,8 +77,9 @@ class SposMethod(OneShotMethod):
             for _ in range(self.config.search_archs):
                 arch = self.space.sample(rng)
                 net = self.supernet.extract(arch)  # a copy: recalibration leaves the supernet's BN as trained
-                recalibrate_bn(net, data, self.config.batch_size, max_batches=_RECALIBRATION_BATCHES)
-                value = accuracy(net, data, batch_size=4 * self.config.batch_size)
+                own = data.at_resolution(self.space.input_resolution(arch))
+                recalibrate_bn(net, own, self.config.batch_size, max_batches=_RECALIBRATION_BATCHES)
+                value = accuracy(net, own, batch_size=4 * self.config.batch_size)
                 if best is None or value > best[0]:
                     best = (value, arch)
         assert best is not None

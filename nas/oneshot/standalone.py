@@ -78,8 +78,11 @@ class StandaloneMethod(OneShotMethod):
             newest_checkpoint(Path(config.init_from), space, "--init-from")
 
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        from nas.evaluate.data import resize_images
+
         self.model.train()
-        loss = self.loss(self.wrapped(batch.x), batch.y)
+        x = resize_images(batch.x, self.space.input_resolution(self.arch))  # loaded at the largest resolution
+        loss = self.loss(self.wrapped(x), batch.y)
         self.weight_step(loss, step)
         return {"loss": float(loss.detach())}
 
@@ -90,6 +93,7 @@ class StandaloneMethod(OneShotMethod):
         from nas.evaluate.train import accuracy, recalibrate_bn
 
         device = next(self.model.parameters()).device
+        data = data.at_resolution(self.space.input_resolution(self.arch))
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             recalibrate_bn(self.model, data, self.config.batch_size)
             self._accuracy = accuracy(self.model, data, batch_size=4 * self.config.batch_size)

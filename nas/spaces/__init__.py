@@ -1,5 +1,27 @@
 """Search spaces; importing this package registers every space in `SPACES`."""
 
-from nas.spaces import eeea, nasbench201, nasnet, ofa_mbv3, proxylessnas, single_path
+from nas.spaces import (
+    bossnas_hytra,
+    eeea,
+    nasbench201,
+    nasnet,
+    ofa_mbv3,
+    proxylessnas,
+    shiftnas_cnn,
+    shiftnas_vit,
+    single_path,
+    vit_resnas,
+)
 
-__all__ = ["eeea", "nasbench201", "nasnet", "ofa_mbv3", "proxylessnas", "single_path"]
+__all__ = [
+    "bossnas_hytra",
+    "eeea",
+    "nasbench201",
+    "nasnet",
+    "ofa_mbv3",
+    "proxylessnas",
+    "shiftnas_cnn",
+    "shiftnas_vit",
+    "single_path",
+    "vit_resnas",
+]

@@ -81,7 +81,7 @@ def test_tiny_preset_builds_runs_and_costs_add_up(space_name: str) -> None:
     tiny = space.preset(f"{space_name}_tiny")
     tiny_space = load_space(space_name, dict(tiny.config))
     model = tiny_space.build(tiny).eval()
-    res = tiny.config["resolution"]
+    res = tiny_space.input_resolution(tiny)
     with torch.no_grad():
         out = model(torch.randn(2, 3, res, res))
     assert out.shape == (2, tiny.config["num_classes"])
@@ -94,3 +94,16 @@ def test_latency_keys_are_all_enumerated(space_name: str) -> None:
     rng = np.random.default_rng(5)
     for _ in range(20):
         assert set(space.latency_keys(space.sample(rng))) <= every
+
+
+def test_input_resolutions_bound_every_arch(space_name: str) -> None:
+    space = load_space(space_name)
+    resolutions = space.input_resolutions()
+    assert list(resolutions) == sorted(set(resolutions)) and resolutions[-1] == space.config.resolution
+    rng = np.random.default_rng(6)
+    for _ in range(10):
+        arch = space.sample(rng)
+        r = space.input_resolution(arch)
+        assert r in resolutions
+        if len(resolutions) > 1:  # a searched resolution shows in the stem's input shape
+            assert space.unit(space.latency_keys(arch)[0]).input_shape[-2:] == (r, r)

@@ -51,8 +51,9 @@ def _supernet(space: SearchSpace) -> Supernet:
     return _randomised(net)
 
 
-def _input(space: SearchSpace, seed: int = 0) -> torch.Tensor:
-    r = space.config.resolution
+def _input(space: SearchSpace, seed: int = 0, arch: Arch | None = None) -> torch.Tensor:
+    """A random batch at `arch`'s input resolution (the config's without an arch)."""
+    r = space.config.resolution if arch is None else space.input_resolution(arch)
     return torch.randn(BATCH, 3, r, r, generator=torch.Generator().manual_seed(seed))
 
 
@@ -68,9 +69,9 @@ def _max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
 def test_supernet_extract_and_build_agree_in_eval_mode(space_name: str) -> None:
     space = _space(space_name)
     net = _supernet(space).eval()
-    x = _input(space)
     with torch.no_grad():
         for arch in _archs(space):
+            x = _input(space, arch=arch)
             out = net(x, arch)
             extracted = net.extract(arch)
             assert not extracted.training
@@ -86,8 +87,8 @@ def test_supernet_extract_and_build_agree_in_eval_mode(space_name: str) -> None:
 def test_supernet_and_extract_agree_in_train_mode(space_name: str) -> None:
     space = _space(space_name)
     net = _supernet(space).train()
-    x = _input(space, seed=1)
     for arch in _archs(space)[:2]:
+        x = _input(space, seed=1, arch=arch)
         torch.manual_seed(7)  # the same dropout masks, if any
         out = net(x, arch)
         extracted = net.extract(arch)
@@ -99,7 +100,8 @@ def test_supernet_and_extract_agree_in_train_mode(space_name: str) -> None:
 def test_extract_copies_the_weights(space_name: str) -> None:
     space = _space(space_name)
     net = _supernet(space).eval()
-    arch, x = _archs(space)[0], _input(space)
+    arch = _archs(space)[0]
+    x = _input(space, arch=arch)
     before = {k: v.clone() for k, v in net.state_dict().items()}
     with torch.no_grad():
         out = net(x, arch)
@@ -139,7 +141,7 @@ def test_gradients_reach_only_the_active_arch(space_name: str) -> None:
     masks = _active_masks(net, arch)
     assert any(m.any() for m in masks.values())
     net.zero_grad(set_to_none=True)
-    net(_input(space), arch).square().sum().backward()
+    net(_input(space, arch=arch), arch).square().sum().backward()
     # An active weight may get no gradient: a NAS-Bench-201 node that no later edge reads is computed, unused.
     assert any(p.grad is not None and p.grad.any() for p in net.parameters())
     for name, p in net.named_parameters():
