@@ -224,9 +224,21 @@ class SearchSpace(ABC):
         items = list(self._decisions.items())
         return self._first_valid(lambda: {n: d.choices[rng.integers(len(d.choices))] for n, d in items}, "sample")
 
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """The decisions that shape the network of `choices`, in order: all of them, unless the space has
+        inert ones (a slot past its stage's depth) and names the live ones. `mutate` changes only these, so
+        every mutation changes the network."""
+        return list(self._decisions)
+
+    def active_choices(self, arch: Arch) -> dict[str, Choice]:
+        """The choices that shape `arch`'s network (see `active_decisions`)."""
+        return {name: arch.choices[name] for name in self.active_decisions(arch.choices)}
+
     def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one random decision changed to a different choice, redrawn until it passes `check`."""
-        mutable, choices = self._mutable, arch.choices
+        """`arch` with one random active decision changed to a different choice, redrawn until it passes `check`."""
+        choices = arch.choices
+        mutable = self._mutable if not self._has_inert_decisions else [
+            d for d in map(self._decisions.__getitem__, self.active_decisions(choices)) if len(d.choices) > 1]
 
         def propose() -> dict[str, Choice]:
             decision = mutable[rng.integers(len(mutable))]
@@ -243,7 +255,7 @@ class SearchSpace(ABC):
         """`mutate` of each arch, with the draws of all made at once: the same distribution, another order
         of random numbers. A space with its own `mutate`, or a child that breaks a rule, is mutated one by one."""
         mutable = self._mutable
-        if type(self).mutate is not SearchSpace.mutate or not mutable or not archs:
+        if type(self).mutate is not SearchSpace.mutate or self._has_inert_decisions or not mutable or not archs:
             return [self.mutate(arch, rng) for arch in archs]
         which = rng.integers(len(mutable), size=len(archs))
         picks = rng.integers(self._n_others[which]).tolist()
@@ -258,6 +270,10 @@ class SearchSpace(ABC):
             except (KeyError, UserError):  # not a choice of this space, or a rule broken: one at a time
                 children.append(self.mutate(arch, rng))
         return children
+
+    @property
+    def _has_inert_decisions(self) -> bool:
+        return type(self).active_decisions is not SearchSpace.active_decisions
 
     def crossover(self, a: Arch, b: Arch, rng: np.random.Generator) -> Arch:
         """Uniform crossover (each decision from `a` or `b` with equal chance), redrawn until it passes `check`."""

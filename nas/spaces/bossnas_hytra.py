@@ -50,7 +50,6 @@ from functools import cached_property, partial
 from itertools import product
 from typing import Literal
 
-import numpy as np
 from pydantic import Field
 from torch import nn
 
@@ -162,22 +161,8 @@ class BossNASHyTraSpace(SearchSpace):
                         f"{prev}: {', '.join(allowed)}")
         return None
 
-    def active_choices(self, arch: Arch) -> dict[str, Choice]:
-        """The choices that shape the network: the positions and the op of each layer at 1/16 or 1/32."""
-        return {name: arch.choices[name] for name in self._active_decisions(arch.choices)}
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one decision that matters changed (see `active_choices`), redrawn until it passes `check`."""
-        names = self._active_decisions(arch.choices)
-
-        def propose() -> dict[str, Choice]:
-            name = names[rng.integers(len(names))]
-            others = [c for c in self._decisions[name].choices if c != arch.choices[name]]
-            return {**arch.choices, name: others[rng.integers(len(others))]}
-
-        return self._first_valid(propose, "mutate")
-
-    def _active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """The down-sampling positions and the op of each layer at 1/16 or 1/32 (elsewhere it is a ResConv)."""
         ks = scales(int(choices[TO8]), int(choices[TO16]), int(choices[TO32]))
         return [*POSITIONS, *(f"l{i}.op" for i in range(2, LAYERS + 1) if ks[i - 1] in _ATT_SCALES)]
 

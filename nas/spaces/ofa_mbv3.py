@@ -35,7 +35,6 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
 
-import numpy as np
 from pydantic import Field
 from torch import nn
 
@@ -158,17 +157,6 @@ class OFAMobileNetV3Space(SearchSpace):
                 out += [Decision(f"s{s}.b{b}.kernel", KERNELS), Decision(f"s{s}.b{b}.expand", EXPANDS)]
         return out
 
-    def active_choices(self, arch: Arch) -> dict[str, Choice]:
-        """The choices that shape the network: every depth and the kernel and expansion of active slots."""
-        return {name: arch.choices[name] for name in self._active_decisions(arch.choices)}
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one decision that matters (a depth or an active slot's choice) changed."""
-        names = self._active_decisions(arch.choices)
-        name = names[rng.integers(len(names))]
-        others = [c for c in self._decisions[name].choices if c != arch.choices[name]]
-        return self.make_arch({**arch.choices, name: others[rng.integers(len(others))]})
-
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch`, in the same order."""
         units = self.unit_table
@@ -192,7 +180,8 @@ class OFAMobileNetV3Space(SearchSpace):
         return [*terms, _fixed_term(tail)]
 
     # -- helpers ------------------------------------------------------------------
-    def _active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """Every depth, and the kernel and expansion of the slots within it."""
         names = []
         for s in range(1, len(_STAGES) + 1):
             names.append(f"s{s}.depth")

@@ -45,7 +45,6 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from itertools import product
 
-import numpy as np
 from pydantic import Field
 from torch import nn
 
@@ -152,17 +151,6 @@ class ShiftNASCNNSpace(SearchSpace):
                 out += [Decision(f"s{s}.b{b}.kernel", stage.kernels) for b in range(1, max(stage.depths) + 1)]
         return [*out, Decision("head.width", HEAD_WIDTHS)]
 
-    def active_choices(self, arch: Arch) -> dict[str, Choice]:
-        """The choices that shape the network: all but the kernels of inactive slots."""
-        return {name: arch.choices[name] for name in self._active_decisions(arch.choices)}
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one decision that matters (not an inactive slot's kernel) changed."""
-        names = [n for n in self._active_decisions(arch.choices) if len(self._decisions[n].choices) > 1]
-        name = names[rng.integers(len(names))]
-        others = [c for c in self._decisions[name].choices if c != arch.choices[name]]
-        return self.make_arch({**arch.choices, name: others[rng.integers(len(others))]})
-
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch` (stem, `s{i}_b{j}`, head), in that order.
 
@@ -202,7 +190,8 @@ class ShiftNASCNNSpace(SearchSpace):
         cin, cout = (rest[0], rest[1]) if b == 1 else (rest[0], rest[0])
         return (self._block_keys[(r, s, b == 1, cin, cout, kernel)],)
 
-    def _active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """Resolution, widths, depths, and the kernel of each block within its stage's depth."""
         names = ["resolution", "stem.width"]
         for s, stage in enumerate(STAGES, 1):
             names += [f"s{s}.width", f"s{s}.depth"]

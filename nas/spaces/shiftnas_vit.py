@@ -42,7 +42,6 @@ from dataclasses import dataclass
 from functools import cached_property, partial
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
@@ -131,17 +130,6 @@ class ShiftNASViTSpace(SearchSpace):
             out += [Decision(f"l{i}.heads", ranges.heads), Decision(f"l{i}.mlp_ratio", ranges.mlp_ratios)]
         return out
 
-    def active_choices(self, arch: Arch) -> dict[str, Choice]:
-        """The choices that shape the network: width, depth, and heads and MLP ratio of the layers that run."""
-        return {name: arch.choices[name] for name in self._active_decisions(arch.choices)}
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one decision that matters (width, depth or an active layer's choice) changed."""
-        names = self._active_decisions(arch.choices)
-        name = names[rng.integers(len(names))]
-        others = [c for c in self._decisions[name].choices if c != arch.choices[name]]
-        return self.make_arch({**arch.choices, name: others[rng.integers(len(others))]})
-
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` of `embed`, `l1` ... `l{depth}` and `head`: one child per latency key, in order."""
         units = self.unit_table
@@ -163,7 +151,8 @@ class ShiftNASViTSpace(SearchSpace):
         return [*terms, LatencyTerm(("embed_dim",), lambda c: (self._head_key(c[0]),))]
 
     # -- helpers ------------------------------------------------------------------
-    def _active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """Width, depth, and the heads and MLP ratio of the layers within the depth."""
         names = ["embed_dim", "depth"]
         for i in range(1, int(choices["depth"]) + 1):
             names += [f"l{i}.heads", f"l{i}.mlp_ratio"]

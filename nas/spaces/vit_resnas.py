@@ -34,7 +34,6 @@ from fractions import Fraction
 from functools import cached_property, partial
 from typing import Literal
 
-import numpy as np
 from pydantic import Field, PositiveInt, ValidationInfo, field_validator
 from torch import nn
 
@@ -187,17 +186,6 @@ class ViTResNASSpace(SearchSpace):
         self.check_own(arch)
         return tuple(sum(_exists(arch.choices, s.index, j) for j in range(1, s.slots + 1)) for s in self.stages)
 
-    def active_choices(self, arch: Arch) -> dict[str, Choice]:
-        """The choices that shape the network: widths, existence, and heads and MLP of existing blocks."""
-        return {name: arch.choices[name] for name in self._active_decisions(arch.choices)}
-
-    def mutate(self, arch: Arch, rng: np.random.Generator) -> Arch:
-        """`arch` with one decision that matters (see `active_choices`) changed."""
-        names = self._active_decisions(arch.choices)
-        name = names[rng.integers(len(names))]
-        others = [c for c in self._decisions[name].choices if c != arch.choices[name]]
-        return self.make_arch({**arch.choices, name: others[rng.integers(len(others))]})
-
     def build(self, arch: Arch) -> nn.Module:
         """A `ViTResNet` with one child per latency key of `arch`, in the same order."""
         units, children = self.unit_table, OrderedDict()
@@ -274,7 +262,8 @@ class ViTResNASSpace(SearchSpace):
         return to_network_def(self, arch.choices, keep_removed)
 
     # -- helpers ------------------------------------------------------------------
-    def _active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+    def active_decisions(self, choices: Mapping[str, Choice]) -> list[str]:
+        """Widths, which optional blocks exist, and the heads and MLP of the blocks that exist."""
         names = []
         for stage in self.stages:
             names.append(f"s{stage.index}.width")
