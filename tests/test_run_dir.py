@@ -163,3 +163,17 @@ def test_budget_may_grow_but_not_shrink(tmp_path: Path) -> None:
             rd.check_config({**config, "seed": 1})
         rd.write_config({**config, "trials": 200})
         assert json.loads(json.dumps(rd.read_config()))["trials"] == 200
+
+
+def test_write_atomic_gives_a_new_file_the_umask_mode_and_keeps_a_replaced_files_mode(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        write_atomic(tmp_path / "new.yaml", "a: 1\n")
+        assert (tmp_path / "new.yaml").stat().st_mode & 0o777 == 0o640  # 0666 less the umask, not mkstemp's 0600
+        private = tmp_path / "private.yaml"
+        private.write_text("a: 1\n")
+        private.chmod(0o600)
+        write_atomic(private, "a: 2\n")
+        assert private.stat().st_mode & 0o777 == 0o600 and private.read_text() == "a: 2\n"
+    finally:
+        os.umask(old)
