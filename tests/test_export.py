@@ -337,3 +337,25 @@ def test_the_cli_prints_the_empty_run_in_one_line(tmp_path: Path) -> None:
 
 def _choices(arch: Arch, decision: str) -> tuple:
     return next(d.choices for d in space_of(arch).decisions() if d.name == decision)
+
+
+@pytest.mark.parametrize(("value", "delta", "passes"), [
+    (50.0, 2e-3, True),  # 4e-5 of the largest output: float32 rounding in a deep net's large logits
+    (50.0, 1e-2, False),
+    (0.5, 2e-4, False),  # outputs up to 1 are compared absolutely
+    (0.5, 5e-5, True),
+])
+def test_the_onnx_tolerance_is_relative_to_large_outputs(tmp_path: Path, value: float, delta: float,
+                                                         passes: bool) -> None:
+    class _Shifted(OnnxExporter):
+        def reload(self, arch: Arch, path: Path, x: torch.Tensor) -> torch.Tensor:
+            return expected + delta
+
+    expected = torch.full((3, 10), value)
+    verify = lambda: export_module._verify("onnx", _Shifted(), find_preset("proxylessnas_tiny"),  # noqa: E731
+                                           tmp_path / "x.onnx", torch.zeros(1), expected)
+    if passes:
+        assert verify() == pytest.approx(delta, rel=1e-3)
+    else:
+        with pytest.raises(NasError, match="differs from PyTorch by"):
+            verify()
