@@ -49,6 +49,9 @@ _TEMP = ".export-"
 _TEMP_NAME = re.compile(r"\.export-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8})-|$)")
 _STALE_SECONDS = 3600  # a temp entry this old is stale whatever its pid says (pids are reused)
 UNTRAINED = "untrained (random initialisation)"
+_ZERO_SCALE_STANDIN = 0.25
+"""Batch-norm scale given to one initialised to zero, for the check (see `_build`): the size trained residual
+blocks' last scales typically reach, so that activations do not grow block after block as they would at 1."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,8 @@ def _build(arch: Arch, seed: int) -> nn.Module:
     constants; the statistics are therefore set from a few random batches first, so the
     checked outputs vary with the input the way a trained network's do. For the same reason a
     batch-norm scale initialised to zero (BossNet's last norm of each block, as in zero-init
-    ResNets) is set to one: such a block adds nothing until trained, so the check would not see it.
+    ResNets) is set to `_ZERO_SCALE_STANDIN`: such a block adds nothing until trained, so the check
+    would not see it.
     """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -336,7 +340,7 @@ def _build(arch: Arch, seed: int) -> nn.Module:
         for norm in norms:
             if norm.affine:
                 with torch.no_grad():
-                    norm.weight.masked_fill_(norm.weight == 0, 1.0)
+                    norm.weight.masked_fill_(norm.weight == 0, _ZERO_SCALE_STANDIN)
             norm.reset_running_stats()
             norm.momentum = None  # a plain average over the calibration batches
         model.train()
