@@ -19,6 +19,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nas.arch import Arch
@@ -58,10 +59,18 @@ def _variants() -> list[str]:
     return [v for name in STRATEGIES.names() for v in ([f"nni:{t}" for t in TUNERS] if name == "nni" else [name])]
 
 
-def _strategy_args(variant: str) -> list[str]:
+def _strategy_args(variant: str, space: str) -> list[str]:
     name, _, tuner = variant.partition(":")
     options = {**({"tuner": tuner} if tuner else {}), **_OPTIONS.get(variant, {})}
+    if name == "early_exit_evolution":  # its default 5M-param threshold is EEEA-Net-C's, above some spaces' archs
+        options["beta"] = _median_params(space)
     return ["--strategy", name, *(a for key, value in options.items() for a in ("--set", f"{key}={value}"))]
+
+
+def _median_params(space_name: str) -> int:
+    """The median parameter count of 21 random archs of the space: an early-exit threshold half the archs meet."""
+    space, rng = load_space(space_name), np.random.default_rng(0)
+    return int(np.median([space.cost(space.sample(rng))["params"] for _ in range(21)]))
 
 
 def _missing_packages(variant: str) -> list[str]:
@@ -145,7 +154,7 @@ def test_every_strategy_searches_every_space_from_the_cli(variant: str, space: s
     _skip_without_tuner_packages(variant)
     evaluator = _evaluator_args(space, tmp_path)
     run_dir = tmp_path / "run"
-    done = run_cli("search", "--space", space, *_strategy_args(variant), *evaluator,
+    done = run_cli("search", "--space", space, *_strategy_args(variant, space), *evaluator,
                    *_objective_args(variant, evaluator[1]), "--trials", _BUDGET, "--archs-per-trial", _BATCH,
                    "--seed", 5, "--run-dir", run_dir, timeout=300)
     shown = f"exit {done.returncode}\nstdout:\n{done.stdout[-3000:]}\nstderr:\n{done.stderr[-3000:]}"
@@ -175,7 +184,7 @@ _KILL_AFTER = 30
 
 
 def _kill_args(variant: str, run_dir: Path) -> list[str]:
-    return ["--space", "nasbench201", *_strategy_args(variant), "--evaluator", "tabular",
+    return ["--space", "nasbench201", *_strategy_args(variant, "nasbench201"), "--evaluator", "tabular",
             *_objective_args(variant, "tabular"), "--trials", str(_KILL_BUDGET), "--archs-per-trial", "3",
             "--seed", "11", "--run-dir", str(run_dir)]
 
