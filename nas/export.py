@@ -44,7 +44,8 @@ log = logging.getLogger(__name__)
 
 _TRACE_BATCH = 2  # batch of the example input used to trace / export
 _CHECK_BATCH = 3  # batch of the verification input: differs, so the batch axis must be dynamic
-_CALIBRATION_BATCHES, _CALIBRATION_BATCH = 2, 8  # random batches that set fresh batch-norm statistics
+_CALIBRATION_PIXELS = 128 * 32 * 32  # random images (this many pixels, 16 to 128 images) set fresh BN statistics
+_CALIBRATION_BATCH = 32
 _TEMP = ".export-"
 _TEMP_NAME = re.compile(r"\.export-(?P<pid>\d+)(?:-(?P<host>[0-9a-f]{8})-|$)")
 _STALE_SECONDS = 3600  # a temp entry this old is stale whatever its pid says (pids are reused)
@@ -345,11 +346,19 @@ def _build(arch: Arch, seed: int) -> nn.Module:
             norm.momentum = None  # a plain average over the calibration batches
         model.train()
         with torch.no_grad():
-            for _ in range(_CALIBRATION_BATCHES):
-                model(torch.randn(_CALIBRATION_BATCH, 3, resolution, resolution))
+            for batch in _calibration_batches(resolution):
+                model(torch.randn(batch, 3, resolution, resolution))
         for norm, momentum in norms.items():
             norm.momentum = momentum
         return model.eval()
+
+
+def _calibration_batches(resolution: int) -> list[int]:
+    """Batch sizes of the random calibration images: many at small inputs, where a late feature map has a
+    pixel or two and a few images give a norm's variance from a handful of values (an untrained BossNet at
+    32 px then reached logits of 2,000, where ONNX and PyTorch differ by 1e-2), few at large ones (time)."""
+    images = min(128, max(16, _CALIBRATION_PIXELS // (resolution * resolution)))
+    return [min(_CALIBRATION_BATCH, images - start) for start in range(0, images, _CALIBRATION_BATCH)]
 
 
 def _writable_dir(out: Path) -> Path:
