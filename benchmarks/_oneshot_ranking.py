@@ -2,24 +2,32 @@
 
 For `spos` and `proxyless` on the `proxylessnas` space, each supernet is trained once in this process
 (`nas.oneshot.trainer.train_supernet`, `workers=0`, digits, seed 0, methods' YAML defaults except the
-epochs and, for `proxyless`, a latency target). The same archs, drawn uniformly from the space with a
-fixed seed (distinct, in draw order), are scored with weights inherited from each supernet by the
-`supernet` evaluator itself (extract, batch norm recalibrated on training batches, validation accuracy),
-and once each from scratch by the `train` evaluator, the project's short training (same seed, recipe and
-budget for every arch; one standalone accuracy per arch, shared by both methods). Kendall's tau-b (scipy)
-between the two accuracy lists, its p-value (H0: tau = 0) and a bootstrap 95% percentile interval (archs
-resampled with replacement) are reported per method, beside every arch's accuracies and LUT latency, and
-the tau of parameter count against standalone accuracy, the zero-cost ranking a supernet has to beat.
+epochs, the learning rate (`LR`) and, for `proxyless`, a latency target). The same archs, drawn uniformly
+from the space with a fixed seed (distinct, in draw order), are scored with weights inherited from each
+supernet by the `supernet` evaluator itself (extract, batch norm recalibrated on training batches,
+validation accuracy), and once each from scratch by the `train` evaluator, the project's short training
+(same seed, recipe and budget for every arch; one standalone accuracy per arch, shared by both methods).
+Kendall's tau-b (scipy) between the two accuracy lists, its p-value (H0: tau = 0) and a bootstrap 95%
+percentile interval (archs resampled with replacement) are reported per method, beside every arch's
+accuracies and LUT latency, and the tau of parameter count against standalone accuracy, the zero-cost
+ranking a supernet has to beat. Every arch is also trained from scratch a second time with another seed
+(`repeat_seed`): the tau between the two standalone trainings is the ceiling of any ranking measured
+against one of them. Each supernet's training loss is reported as the mean of its last
+`loss_window` steps and as a curve of means over ten equal spans of the run (one step's loss is one random
+path on one batch), beside ln 10, the loss of a uniform guess: a supernet that did not learn ranks nothing.
 
 Choices. The space runs at width 0.5 (32 px, 10 classes), not its default width 1.0, whose steps cost
-about 2.5 times as much: on this proxy the supernets learn slowly (each one's final training loss is in
-the JSON beside ln 10, the loss of a uniform guess), so they get most of the run's time, and at width 0.5
-about 2.5 times the steps. Its decisions and choices are those of width 1.0, so its latency table is the
-committed CPU table's twin (`twin_table`): an arch's LUT latency is the committed table's price of the same
-choices at width 1.0. The standalone budget is one epoch: digits
-is easy, and longer training puts most archs near the same accuracy, where a rank carries little
-information. `proxyless` samples the paths its architecture parameters favour, not uniform ones; its tau
-is still over the same uniformly drawn archs. Run dirs live in a temporary directory; nothing is cached.
+about 2.5 times as much, so the supernets get about 2.5 times the steps. Its decisions and choices are
+those of width 1.0, so its latency table is the committed CPU table's twin (`twin_table`): an arch's LUT
+latency is the committed table's price of the same choices at width 1.0. Both supernets train at `LR`,
+below the YAMLs' rates and near the references' rates scaled to batch 64: with the path redrawn every
+step, larger steps undo what the previous paths learnt. They learn at all because `ChainSupernet` starts
+each decision's candidates as slices of its largest and its residual candidates as the identity (see
+`nas.supernets.chain`); with independently drawn candidates neither supernet left chance on this proxy.
+The standalone budget is one epoch: digits is easy, and longer training puts most archs near the same
+accuracy; how much rank one epoch carries is `standalone_repeat`'s tau, to be read before any supernet's.
+`proxyless` samples the paths its architecture parameters favour, not uniform ones; its tau is still over
+the same uniformly drawn archs. Run dirs live in a temporary directory; nothing is cached.
 """
 
 from __future__ import annotations
@@ -45,18 +53,25 @@ THREADS = 1  # other jobs share the two cores; one thread also keeps the accurac
 CONFIDENCE = 0.95
 _ARCH_STREAM = 7  # seeds the arch draw, apart from every seed the training uses
 
+LR = 0.01
+"""The weight learning rate of both supernets (batch 64): the references' rates scaled linearly to batch 64 lie
+around it (SPOS 0.5 at batch 1024: 0.031; ProxylessNAS 0.05 warm-up / 0.025 search at batch 256: 0.0125 /
+0.006); at the YAMLs' 0.025 to 0.05 uniform path sampling does not train on this proxy."""
 FULL: dict[str, Any] = {
-    "archs": 20, "bootstrap": 1000, "standalone_epochs": 1, "bn_batches": 20,
-    "methods": {"spos": {"epochs": 40, "search_archs": 0},
-                "proxyless": {"epochs": 40, "warmup_epochs": 10, "target_ms": 9.0}},
+    "archs": 20, "bootstrap": 1000, "standalone_epochs": 1, "bn_batches": 20, "loss_window": 50, "repeat_seed": 1,
+    "methods": {"spos": {"epochs": 50, "search_archs": 0, "lr": LR},
+                "proxyless": {"epochs": 50, "warmup_epochs": 12, "target_ms": 9.0, "lr": LR, "warmup_lr": LR}},
 }
 QUICK: dict[str, Any] = {
-    "archs": 5, "bootstrap": 200, "standalone_epochs": 1, "bn_batches": 5,
-    "methods": {"spos": {"epochs": 1, "search_archs": 0, "max_steps_per_epoch": 5},
-                "proxyless": {"epochs": 2, "warmup_epochs": 1, "target_ms": 9.0, "max_steps_per_epoch": 5}},
+    "archs": 5, "bootstrap": 200, "standalone_epochs": 1, "bn_batches": 5, "loss_window": 5, "repeat_seed": None,
+    "methods": {"spos": {"epochs": 1, "search_archs": 0, "max_steps_per_epoch": 5, "lr": LR},
+                "proxyless": {"epochs": 2, "warmup_epochs": 1, "target_ms": 9.0, "max_steps_per_epoch": 5,
+                              "lr": LR, "warmup_lr": LR}},
 }
-"""Sizes of a full and a quick run; `methods`: overrides of `methods/<name>.yaml` (batch size, lr and the
-rest stay at the YAML defaults)."""
+"""Sizes of a full and a quick run; `methods`: overrides of `methods/<name>.yaml` (batch size and the rest stay
+at the YAML defaults); `loss_window`: the last steps whose mean training loss is reported; `repeat_seed`: the
+seed of a second standalone training of every arch (None: none), whose tau against the first bounds what any
+ranking can reach against it."""
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -176,8 +191,19 @@ def _num(value: float) -> float | None:
     return value if math.isfinite(value) else None  # JSON has no NaN
 
 
-def _train(method: str, overrides: dict[str, Any], run_dir: Path, table: Path) -> dict[str, Any]:
-    """Train one supernet in this process; its settings, found arch, last progress record and seconds."""
+def loss_summary(losses: Sequence[float], window: int, parts: int = 10) -> dict[str, Any]:
+    """The mean training loss of the last `window` steps and of each of `parts` equal spans of the run (in order):
+    one step's loss is that of one random path on one batch, too noisy to read alone."""
+    if not losses or window < 1 or parts < 1:
+        raise ValueError(f"need losses, window >= 1 and parts >= 1; got {len(losses)}, {window}, {parts}")
+    values = np.asarray(losses, dtype=float)
+    spans = np.array_split(values, min(parts, len(values)))
+    return {"final_loss": float(values[-window:].mean()), "final_loss_steps": int(min(window, len(values))),
+            "loss_curve": [round(float(span.mean()), 4) for span in spans]}
+
+
+def _train(method: str, overrides: dict[str, Any], run_dir: Path, table: Path, window: int) -> dict[str, Any]:
+    """Train one supernet in this process; its settings, found arch, training losses and seconds."""
     from nas.hardware.table import LatencyTable
     from nas.oneshot.base import parse_method_config
     from nas.oneshot.trainer import TrainRequest, train_supernet
@@ -186,18 +212,29 @@ def _train(method: str, overrides: dict[str, Any], run_dir: Path, table: Path) -
     overrides = {"seed": SEED, "checkpoint_every": 1_000_000, **overrides}  # one checkpoint: the final one
     request = TrainRequest(space=SPACE, method=method, run_dir=run_dir, space_config=SPACE_CONFIG,
                            method_config=overrides, hardware=str(table), workers=0, cpus_per_worker=THREADS,
-                           progress_every=20)
+                           progress_every=1)  # every step's loss: `loss_summary`
     start = time.perf_counter()
     result = train_supernet(request, on_progress=records.append)
     seconds = time.perf_counter() - start
     last = records[-1] if records else {}
     found = result.found_arch
     return {"config": parse_method_config(method, overrides).model_dump(mode="json"), "steps": result.total_steps,
-            "final_loss": last.get("loss"), "final_expected_latency_ms": last.get("expected_latency_ms"),
+            **loss_summary([r["loss"] for r in records], window),
+            "final_expected_latency_ms": last.get("expected_latency_ms"),
             "found_arch": None if found is None else {
                 "arch": found.short_hash, "summary": arch_summary(dict(found.choices), list(found.choices)),
                 "latency_ms": round(LatencyTable.load(table).predict(found), 4)},
             "seconds": round(seconds, 1)}
+
+
+def _standalone(archs: Sequence[Any], config: dict[str, Any], table: Path) -> tuple[list[dict[str, Any]], float]:
+    """Each arch trained from scratch by the `train` evaluator with `config`; its metrics, and the seconds taken."""
+    from nas.evaluate.base import EvaluatorSpec, build_evaluator
+
+    start = time.perf_counter()
+    trainer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="train",
+                                            config=config, table=str(table)))
+    return [trainer.evaluate(arch) for arch in archs], round(time.perf_counter() - start, 1)
 
 
 def _table(space: Any, tmp: Path) -> tuple[Path, str]:
@@ -233,15 +270,16 @@ def run(quick: bool) -> dict[str, Any]:
     try:
         with tempfile.TemporaryDirectory(prefix="nas-bench-ranking-") as tmp:
             table, table_note = _table(space, Path(tmp))
-            start = time.perf_counter()
-            trainer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="train",
-                                                    config=standalone_config, table=str(table)))
-            standalone = [trainer.evaluate(arch) for arch in archs]
-            standalone_seconds = time.perf_counter() - start
+            standalone, standalone_seconds = _standalone(archs, standalone_config, table)
             accuracy = [s["accuracy"] for s in standalone]
+            repeat = None
+            if settings["repeat_seed"] is not None:
+                repeat_config = {**standalone_config, "seed": settings["repeat_seed"]}
+                results, seconds = _standalone(archs, repeat_config, table)
+                repeat = {"config": repeat_config, "seconds": seconds, "accuracy": [r["accuracy"] for r in results]}
             for method in METHODS:
                 run_dir = Path(tmp) / method
-                trained = _train(method, settings["methods"][method], run_dir, table)
+                trained = _train(method, settings["methods"][method], run_dir, table, settings["loss_window"])
                 start = time.perf_counter()
                 scorer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="supernet",
                                                        config={"checkpoint": str(run_dir), **scorer_config},
@@ -260,14 +298,23 @@ def run(quick: bool) -> dict[str, Any]:
         "space": SPACE, "space_config": space.config.model_dump(mode="json"), "table": table_note,
         "data": f"digits (train/validation split seed {SEED})",
         "archs": {"count": len(archs), "sampling": f"uniform (space.sample), distinct, seed {SEED + _ARCH_STREAM}"},
-        "standalone": {"evaluator": "train", "config": standalone_config, "seconds": round(standalone_seconds, 1),
+        "standalone": {"evaluator": "train", "config": standalone_config, "seconds": standalone_seconds,
                        "accuracy": spread(accuracy)},
+        "standalone_repeat": None if repeat is None else {
+            "note": ("every arch trained again with another seed (weights, batch order and train/validation split): "
+                     "tau against the first training, the ceiling of any ranking measured against it"),
+            "config": repeat["config"], "seconds": repeat["seconds"],
+            **{"repeat_spread" if k == "inherited_spread" else k: v
+               for k, v in rank_figures(repeat["accuracy"], accuracy, settings["bootstrap"], SEED).items()}},
+        "supernet_init": ("nas.supernets.chain.align_candidates: each decision's candidates start as slices of its "
+                          "largest, residual candidates as the identity"),
         "supernet_evaluator": scorer_config,
         "chance_accuracy": 0.1, "uniform_guess_loss": round(math.log(10), 4),
         "params_vs_standalone": {"kendall_tau": _num(params_tau), "p_value": _num(params_p)},
         "per_arch": [{"arch": arch.short_hash, "summary": arch_summary(dict(arch.choices), order),
                       "latency_ms": round(s["latency_ms"], 4), "params": int(s["params"]),
                       "standalone_accuracy": s["accuracy"],
+                      **({} if repeat is None else {"standalone_accuracy_repeat": repeat["accuracy"][i]}),
                       **{f"{m}_inherited_accuracy": per_method[m]["inherited_accuracy"][i] for m in METHODS}}
                      for i, (arch, s) in enumerate(zip(archs, standalone, strict=True))],
         **{m: {k: v for k, v in per_method[m].items() if k != "inherited_accuracy"} for m in METHODS},

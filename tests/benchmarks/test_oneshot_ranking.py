@@ -141,3 +141,13 @@ def test_twin_keys_refuse_a_config_whose_decisions_differ() -> None:
         ranking.twin_keys(load_space(ranking.SPACE, {"width_mult": 0.35}), load_space(ranking.SPACE))
     twins = ranking.twin_keys(load_space(ranking.SPACE, {"width_mult": 0.5}), load_space(ranking.SPACE))
     assert len(twins) == len(set(twins.values())) == len(load_space(ranking.SPACE).all_latency_keys())
+
+
+def test_loss_summary_averages_the_last_steps_and_equal_spans() -> None:
+    losses = [3.0] * 10 + [1.0] * 10
+    figures = ranking.loss_summary(losses, window=5, parts=4)
+    assert figures == {"final_loss": 1.0, "final_loss_steps": 5, "loss_curve": [3.0, 3.0, 1.0, 1.0]}
+    short = ranking.loss_summary([2.0, 4.0], window=50)  # fewer steps than the window or the parts
+    assert short["final_loss"] == 3.0 and short["final_loss_steps"] == 2 and short["loss_curve"] == [2.0, 4.0]
+    with pytest.raises(ValueError):
+        ranking.loss_summary([], window=5)
