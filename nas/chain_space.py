@@ -1,4 +1,10 @@
-"""`ChainSpace`: a search space whose network is a chain of units (ProxylessNAS, Single-Path NAS)."""
+"""Spaces whose network is a chain of timed units: `NamedUnitsSpace` and `ChainSpace`.
+
+`NamedUnitsSpace` derives `build` and `latency_keys` from one list of (child name, latency key)
+per arch (OFA MobileNetV3, ShiftNAS CNN and ViT); `ChainSpace` also derives that list and the
+latency terms from a fixed front, one unit (or none) per decision and a fixed back (ProxylessNAS,
+Single-Path NAS).
+"""
 
 from __future__ import annotations
 
@@ -16,17 +22,15 @@ NamedKey = tuple[str, str]
 """(child module name, latency key) of one unit of a network."""
 
 
-class ChainSpace(SearchSpace):
-    """A space whose network is a chain of units: a fixed front, one unit (or none) per decision, a fixed back.
+class NamedUnitsSpace(SearchSpace):
+    """A space whose network is a `Sequential` of its timed units: one child per latency key, in order.
 
-    Subclasses give `chain` (the three parts, precomputed per decision and choice) and
-    `unit_table`; `build`, `latency_keys` and `latency_terms` follow from them.
+    Subclasses give `_named_keys` and `unit_table`; `build` and `latency_keys` follow from them.
     """
 
-    @property
     @abstractmethod
-    def chain(self) -> tuple[list[NamedKey], list[tuple[str, dict[Choice, NamedKey | None]]], list[NamedKey]]:
-        """(front, [(decision, choice -> unit or None when skipped)], back), in network order."""
+    def _named_keys(self, arch: Arch) -> list[NamedKey]:
+        """(child name, latency key) of every timed unit of `arch`, in network order (after `check_own`)."""
 
     def build(self, arch: Arch) -> nn.Module:
         """A `Sequential` with one child per latency key of `arch`, in the same order."""
@@ -38,8 +42,21 @@ class ChainSpace(SearchSpace):
         return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
 
     def latency_keys(self, arch: Arch) -> list[str]:
-        """The fixed front, the unit of every decision that is not a skip, the fixed back."""
+        """The key of every child of `build(arch)`, in order."""
         return [key for _, key in self._named_keys(arch)]
+
+
+class ChainSpace(NamedUnitsSpace):
+    """A space whose network is a chain of units: a fixed front, one unit (or none) per decision, a fixed back.
+
+    Subclasses give `chain` (the three parts, precomputed per decision and choice) and
+    `unit_table`; `build`, `latency_keys` and `latency_terms` follow from them.
+    """
+
+    @property
+    @abstractmethod
+    def chain(self) -> tuple[list[NamedKey], list[tuple[str, dict[Choice, NamedKey | None]]], list[NamedKey]]:
+        """(front, [(decision, choice -> unit or None when skipped)], back), in network order."""
 
     def latency_terms(self) -> list[LatencyTerm]:
         """The fixed front, one term per decision (its unit), the fixed back."""
@@ -55,7 +72,7 @@ class ChainSpace(SearchSpace):
         return [fixed(front), *(LatencyTerm((d,), one(t)) for d, t in by_choice), fixed(back)]
 
     def _named_keys(self, arch: Arch) -> list[NamedKey]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
+        """The fixed front, the unit of every decision that is not a skip, the fixed back."""
         self.check_own(arch)
         front, by_choice, back = self.chain
         chosen = [table[arch.choices[decision]] for decision, table in by_choice]

@@ -1,18 +1,23 @@
 """Elastic mobile blocks: `ElasticSqueezeExcite` and `ElasticMBConv`, built from `nas.ops.elastic`.
 
-`ElasticMBConv` holds an MBConv at its largest depthwise kernel and hidden width and runs a
-smaller kernel as the centre crop and a smaller hidden width as the leading channels of the
-expansion, depthwise and projection convs and their batch norms, as Once-for-All's
-`DynamicMBConvLayer` (mit-han-lab/once-for-all
-`ofa/imagenet_classification/elastic_nn/modules/dynamic_layers.py`) and Single-Path NAS'
-superkernel (dstamoulis/single-path-nas `nas-search/superkernel.py`). `ElasticSqueezeExcite`
-slices its reduce and expand convs as OFA's `DynamicSE`: the bottleneck of C active channels is
-make_divisible(C // 4, 8). Submodules are named as `nas.ops.mbconv.MBConv` names them, so
-`collect_active_state(block)` loads into the standalone `MBConv` of the active setting.
+`ElasticMBConv` holds an MBConv at its largest depthwise kernel and widths and runs a smaller
+kernel as the centre crop and a smaller hidden width as the leading channels of the expansion,
+depthwise and projection convs and their batch norms, as Once-for-All's `DynamicMBConvLayer`
+(mit-han-lab/once-for-all `ofa/imagenet_classification/elastic_nn/modules/dynamic_layers.py`) and
+Single-Path NAS' superkernel (dstamoulis/single-path-nas `nas-search/superkernel.py`). Spaces that
+search a width per stage (BigNAS, AttentiveNAS) also slice its input and output channels, as OFA's
+layer does with its `active_out_channel` and the input width it reads off the input (AttentiveNAS
+`models/modules/dynamic_layers.py`): the leading channels of the expansion conv's input, the
+projection conv's output and its batch norm; the other spaces leave them at their largest. A
+block without expansion (`expand=False`) has no expansion conv and its hidden width is its input
+width, as OFA's layer with `expand_ratio` 1. `ElasticSqueezeExcite` slices its reduce and expand
+convs as OFA's `DynamicSE`: the bottleneck of C active channels is make_divisible(C // 4, 8).
+Submodules are named as `nas.ops.mbconv.MBConv` names them, so `collect_active_state(block)`
+loads into the standalone `MBConv` of the active setting.
 
-Deviations from OFA: input and output widths are fixed (the spaces here have no elastic width
-multiplier); the expansion ratio is given as the hidden width itself (the owner applies its
-rounding rule); there is no expansion-free (e1) form; OFA's channel re-ordering by importance
+Deviations from OFA: the active input width is set explicitly (`set_active`), and an input of
+another width is an error where OFA adapts to it; the expansion ratio is given as the hidden
+width itself (the owner applies its rounding rule); OFA's channel re-ordering by importance
 (`re_organize_middle_weights`) is a step of progressive shrinking, not of the block.
 """
 
@@ -69,16 +74,19 @@ def _conv_bn(conv: ElasticConv2d, width: int, act: Activation | None, eps: float
 
 
 class ElasticMBConv(nn.Module):
-    """1x1 expand -> depthwise kxk [-> SE] -> linear 1x1 project (+ x), with elastic k and hidden width.
+    """[1x1 expand ->] depthwise kxk [-> SE] -> linear 1x1 project (+ x), with elastic k, hidden width and,
+    optionally, input and output widths.
 
     Args:
-        in_channels: input channels.
-        out_channels: output channels.
+        in_channels: largest input width.
+        out_channels: largest output width.
         kernel_sizes: depthwise kernel sizes it can run; it holds the largest.
-        mid_channels: the largest hidden width; a smaller one is its leading slice.
+        mid_channels: the largest hidden width; a smaller one is its leading slice. Equal to `in_channels`
+            when `expand` is False.
         stride: depthwise stride.
-        residual: add the input to the output (needs stride 1 and equal widths).
+        residual: add the input to the output (stride 1; the active input and output widths must agree).
         act: activation factory of the expansion and depthwise convs.
+        expand: hold a 1x1 expansion conv (False: MobileNetV2's expansion-1 block, hidden width = input width).
         has_se: squeeze-excite after the depthwise activation (sliced with the hidden width).
         bn_eps: batch-norm epsilon.
         kernel_transform: Once-for-All's learned kernel transform matrices (see `ElasticConv2d`).
@@ -94,6 +102,7 @@ class ElasticMBConv(nn.Module):
         residual: bool = False,
         act: Activation = nn.ReLU6,
         *,
+        expand: bool = True,
         has_se: bool = False,
         bn_eps: float = BN_EPS,
         kernel_transform: bool = False,
@@ -102,9 +111,13 @@ class ElasticMBConv(nn.Module):
         if residual and (stride != 1 or in_channels != out_channels):
             raise ValueError(f"ElasticMBConv: a residual needs stride 1 and equal widths, got stride {stride}, "
                              f"{in_channels} -> {out_channels} channels")
+        if not expand and mid_channels != in_channels:
+            raise ValueError(f"ElasticMBConv: without expansion the hidden width is the input width "
+                             f"{in_channels}, got {mid_channels}")
         self.in_channels, self.out_channels, self.mid_channels = in_channels, out_channels, mid_channels
         self.residual = residual
-        self.inverted_bottleneck = _conv_bn(ElasticConv2d(in_channels, mid_channels, 1), mid_channels, act, bn_eps)
+        self.inverted_bottleneck = (
+            _conv_bn(ElasticConv2d(in_channels, mid_channels, 1), mid_channels, act, bn_eps) if expand else None)
         depthwise = ElasticConv2d(mid_channels, mid_channels, kernel_sizes, stride, depthwise=True,
                                   kernel_transform=kernel_transform)
         self.depth_conv = _conv_bn(depthwise, mid_channels, act, bn_eps)
@@ -119,26 +132,51 @@ class ElasticMBConv(nn.Module):
         return self.depth_conv.conv.active_kernel
 
     @property
+    def active_in(self) -> int:
+        return self.active_mid if self.inverted_bottleneck is None else self.inverted_bottleneck.conv.active_in
+
+    @property
     def active_mid(self) -> int:
         return self.depth_conv.conv.active_out
 
-    def set_active(self, kernel_size: int, mid_channels: int) -> None:
-        """Run the depthwise kernel `kernel_size` (centre crop) over the first `mid_channels` hidden channels."""
-        self.inverted_bottleneck.conv.set_active(out_channels=mid_channels)
-        self.inverted_bottleneck.bn.set_active(mid_channels)
+    @property
+    def active_out(self) -> int:
+        return self.point_linear.conv.active_out
+
+    def set_active(self, kernel_size: int, mid_channels: int, *, in_channels: int | None = None,
+                   out_channels: int | None = None) -> None:
+        """Run `in_channels` -> `mid_channels` (hidden) -> `out_channels` with the centre `kernel_size` crop.
+
+        An input or output width not given stays as it is (the largest, unless set before); without
+        expansion the input width is the hidden one.
+        """
+        if self.inverted_bottleneck is None:
+            if in_channels is not None and in_channels != mid_channels:
+                raise ValueError(f"ElasticMBConv: without expansion the hidden width is the input width "
+                                 f"{in_channels}, got {mid_channels}")
+            in_channels = mid_channels
+        in_channels = self.active_in if in_channels is None else in_channels
+        out_channels = self.active_out if out_channels is None else out_channels
+        if self.residual and in_channels != out_channels:
+            raise ValueError(f"ElasticMBConv: a residual block keeps its width, got {in_channels} -> {out_channels}")
+        if self.inverted_bottleneck is not None:
+            self.inverted_bottleneck.conv.set_active(in_channels=in_channels, out_channels=mid_channels)
+            self.inverted_bottleneck.bn.set_active(mid_channels)
         self.depth_conv.conv.set_active(in_channels=mid_channels, kernel_size=kernel_size)
         self.depth_conv.bn.set_active(mid_channels)
         if hasattr(self.depth_conv, "se"):
             self.depth_conv.se.set_active(mid_channels)
-        self.point_linear.conv.set_active(in_channels=mid_channels)
+        self.point_linear.conv.set_active(in_channels=mid_channels, out_channels=out_channels)
+        self.point_linear.bn.set_active(out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s))."""
-        out = self.point_linear(self.depth_conv(self.inverted_bottleneck(x)))
+        """(B, C_in, H, W) -> (B, C_out, ceil(H / s), ceil(W / s)), the active widths."""
+        out = x if self.inverted_bottleneck is None else self.inverted_bottleneck(x)
+        out = self.point_linear(self.depth_conv(out))
         return out + x if self.residual else out
 
     def extra_repr(self) -> str:
-        return f"active=(k{self.active_kernel}, mid {self.active_mid})"
+        return f"active=({self.active_in} -> {self.active_mid} -> {self.active_out}, k{self.active_kernel})"
 
 
 __all__ = ["ElasticMBConv", "ElasticSqueezeExcite"]

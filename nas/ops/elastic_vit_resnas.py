@@ -23,13 +23,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from nas.ops.elastic import Elastic, ElasticConv2d, ElasticLayerNorm, ElasticLinear, collect_active_state
-from nas.ops.mbconv import ConvBNAct
 from nas.ops.vit_resnas import (
-    BN_EPS,
     LN_EPS,
-    PATCH,
     STEM_MID,
     Attention,
+    ConvStem,
     DropPath,
     Head,
     TransformerBlock,
@@ -123,17 +121,11 @@ class ElasticTransformerBlock(TransformerBlock):
         self.mlp.set_active(dim, hidden)
 
 
-class ElasticConvStem(Elastic, nn.Module):
-    """`nas.ops.vit_resnas.ConvStem` with up to `dim` output channels: its 3x3 convs are shared whole."""
+class ElasticConvStem(Elastic, ConvStem):
+    """`ConvStem` with up to `dim` output channels: its 3x3 convs are shared whole."""
 
     def __init__(self, dim: int, grid: int, mid: int = STEM_MID) -> None:
-        super().__init__()
-        self.conv1 = ConvBNAct(3, mid, 3, 2, act=nn.ReLU, bn_eps=BN_EPS)
-        self.conv2 = ConvBNAct(mid, mid, 3, act=nn.ReLU, bn_eps=BN_EPS)
-        self.conv3 = ConvBNAct(mid, mid, 3, act=nn.ReLU, bn_eps=BN_EPS)
-        self.conv_proj = nn.Conv2d(mid, dim, PATCH // 2, PATCH // 2)
-        self.cls_token = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, 1, dim), std=0.02))
-        self.pos_embed = nn.Parameter(nn.init.trunc_normal_(torch.empty(1, grid * grid + 1, dim), std=0.02))
+        super().__init__(dim, grid, mid)
         self.active_dim = dim
 
     def set_active(self, dim: int) -> None:

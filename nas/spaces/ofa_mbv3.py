@@ -39,9 +39,10 @@ from pydantic import Field
 from torch import nn
 
 from nas.arch import Arch, Choice
+from nas.chain_space import NamedUnitsSpace
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, WidthMult, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SpaceConfig, WidthMult, hwc
 
 # OFA `base_stage_width`: stem, first block, five stages, final expand, feature mix.
 _STEM, _FIRST, _FINAL_EXPAND, _FEATURE_MIX = 16, 16, 960, 1280
@@ -137,7 +138,7 @@ def _layout(config: OFAMobileNetV3Config) -> _Layout:
 
 
 @SPACES.register("ofa_mbv3")
-class OFAMobileNetV3Space(SearchSpace):
+class OFAMobileNetV3Space(NamedUnitsSpace):
     """Once-for-All MobileNetV3: 5 depths and 20 (kernel, expansion) slots, 3^45 encodings."""
 
     name = "ofa_mbv3"
@@ -156,15 +157,6 @@ class OFAMobileNetV3Space(SearchSpace):
             for b in range(1, _SLOTS + 1):
                 out += [Decision(f"s{s}.b{b}.kernel", KERNELS), Decision(f"s{s}.b{b}.expand", EXPANDS)]
         return out
-
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` with one child per latency key of `arch`, in the same order."""
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """Stem, first block, every active slot, final expand conv and head (pool, feature mix, classifier)."""
-        return [key for _, key in self._named_keys(arch)]
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Fixed head and tail; slots 1-2 of a stage on (kernel, expand), slots 3-4 also on the stage depth."""
@@ -190,7 +182,7 @@ class OFAMobileNetV3Space(SearchSpace):
         return names
 
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
+        """Stem, first block, every active slot, final expand conv and head (pool, feature mix, classifier)."""
         self.check_own(arch)
         head, tail = self._fixed_keys
         named = list(head)

@@ -49,9 +49,10 @@ from pydantic import Field
 from torch import nn
 
 from nas.arch import Arch, Choice
+from nas.chain_space import NamedUnitsSpace
 from nas.ops.mbconv import ConvBNAct, MBConv, conv_out_size, make_divisible
 from nas.registry import SPACES
-from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SpaceConfig, hwc
 
 STEM_WIDTHS = (32, 40)
 HEAD_WIDTHS = tuple(range(1280, 1408 + 1, 8))
@@ -121,7 +122,7 @@ def head_module(in_channels: int, width: int, num_classes: int, dropout: float) 
 
 
 @SPACES.register("shiftnas_cnn")
-class ShiftNASCNNSpace(SearchSpace):
+class ShiftNASCNNSpace(NamedUnitsSpace):
     """BigNAS' space as ShiftNAS searches it: resolution, stem and head widths, per-stage width and depth,
     per-block kernel (stages 3-7)."""
 
@@ -150,17 +151,6 @@ class ShiftNASCNNSpace(SearchSpace):
             if len(stage.kernels) > 1:
                 out += [Decision(f"s{s}.b{b}.kernel", stage.kernels) for b in range(1, max(stage.depths) + 1)]
         return [*out, Decision("head.width", HEAD_WIDTHS)]
-
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` with one child per latency key of `arch` (stem, `s{i}_b{j}`, head), in that order.
-
-        It takes (B, 3, R, R) at R = `input_resolution(arch)`."""
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """Stem, every active block, head (1x1 conv, pool, classifier), at the arch's resolution."""
-        return [key for _, key in self._named_keys(arch)]
 
     def latency_terms(self) -> list[LatencyTerm]:
         """Stem on (resolution, stem width); a stage's first block on (resolution, widths in and out, kernel),
@@ -200,7 +190,7 @@ class ShiftNASCNNSpace(SearchSpace):
         return [*names, "head.width"]
 
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
+        """`stem`, every active block `s{i}_b{j}`, `head` (1x1 conv, pool, classifier), at the arch's resolution."""
         self.check_own(arch)
         c = arch.choices
         r, cin = c["resolution"], c["stem.width"]

@@ -36,7 +36,6 @@ AutoFormer) so the demo config can keep a grid at 32 px; no dropout or drop path
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, partial
@@ -46,9 +45,10 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import nn
 
 from nas.arch import Arch, Choice
+from nas.chain_space import NamedUnitsSpace
 from nas.ops.elastic_attention import HEAD_DIM, PatchEmbed, ViTBlock, ViTHead
 from nas.registry import SPACES
-from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SearchSpace, SpaceConfig, hwc
+from nas.space import MAX_RESOLUTION, Decision, LatencyTerm, NumClasses, SpaceConfig, hwc
 
 MAX_GRID = 64
 """Patches per side at most: 4097 tokens, whose attention maps at batch 1 still fit in memory."""
@@ -107,7 +107,7 @@ def _patch_sizes(resolution: int) -> list[int]:
 
 
 @SPACES.register("shiftnas_vit")
-class ShiftNASViTSpace(SearchSpace):
+class ShiftNASViTSpace(NamedUnitsSpace):
     """AutoFormer-T/S/B supernet spaces: embedding width, depth, per-layer heads and MLP ratio."""
 
     name = "shiftnas_vit"
@@ -130,15 +130,6 @@ class ShiftNASViTSpace(SearchSpace):
             out += [Decision(f"l{i}.heads", ranges.heads), Decision(f"l{i}.mlp_ratio", ranges.mlp_ratios)]
         return out
 
-    def build(self, arch: Arch) -> nn.Module:
-        """A `Sequential` of `embed`, `l1` ... `l{depth}` and `head`: one child per latency key, in order."""
-        units = self.unit_table
-        return nn.Sequential(OrderedDict((name, units[key][0]()) for name, key in self._named_keys(arch)))
-
-    def latency_keys(self, arch: Arch) -> list[str]:
-        """Patch embedding, one key per active layer (tokens, width, heads x 64, MLP width), head."""
-        return [key for _, key in self._named_keys(arch)]
-
     def latency_terms(self) -> list[LatencyTerm]:
         """Embedding and head on the width; each layer on (width, heads, MLP ratio), and on depth past the least."""
         terms = [LatencyTerm(("embed_dim",), lambda c: (self._embed_key(c[0]),))]
@@ -159,7 +150,7 @@ class ShiftNASViTSpace(SearchSpace):
         return names
 
     def _named_keys(self, arch: Arch) -> list[tuple[str, str]]:
-        """(child name, latency key) of every timed unit of `arch`, in network order."""
+        """`embed`, one unit per active layer `l{i}` (tokens, width, heads x 64, MLP width), `head`."""
         self.check_own(arch)
         c = arch.choices
         e = c["embed_dim"]

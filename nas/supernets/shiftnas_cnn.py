@@ -25,7 +25,8 @@ from torch import nn
 
 from nas.arch import Arch
 from nas.ops.elastic import ElasticDepth, ElasticLinear, collect_active_state
-from nas.ops.elastic_width import ElasticConvBNAct, ElasticWidthMBConv
+from nas.ops.elastic_mbconv import ElasticMBConv
+from nas.ops.elastic_width import ElasticConvBNAct
 from nas.spaces.shiftnas_cnn import _BN_EPS, HEAD_WIDTHS, STAGES, STEM_WIDTHS, ShiftNASCNNSpace, hidden_width
 from nas.supernet import Supernet
 
@@ -47,7 +48,7 @@ class ShiftNASCNNSupernet(Supernet):
             for b in range(1, max(stage.depths) + 1):
                 first = b == 1
                 width_in = cin if first else cout
-                blocks[f"s{s}_b{b}"] = ElasticWidthMBConv(
+                blocks[f"s{s}_b{b}"] = ElasticMBConv(
                     width_in, cout, stage.kernels, hidden_width(width_in, stage.expand),
                     stage.stride if first else 1, not first, nn.SiLU, expand=stage.expand != 1, has_se=True,
                     bn_eps=_BN_EPS)
@@ -72,8 +73,8 @@ class ShiftNASCNNSupernet(Supernet):
             for b, (_, block) in enumerate(depth.active_blocks(), 1):
                 width_in = cin if b == 1 else cout
                 kernel = c[f"s{s}.b{b}.kernel"] if len(stage.kernels) > 1 else stage.kernels[0]
-                block.set_active(in_channels=width_in, out_channels=cout, kernel_size=kernel,
-                                 mid_channels=hidden_width(width_in, stage.expand))
+                block.set_active(kernel, hidden_width(width_in, stage.expand), in_channels=width_in,
+                                 out_channels=cout)
             cin = cout
         self.head.conv.set_active(in_channels=cin, out_channels=c["head.width"])
         self.head.linear.set_active(in_features=c["head.width"])
