@@ -53,7 +53,9 @@ class TrainConfig(EvaluatorConfig):
     `data` is one of `nas.evaluate.data.DATASETS`; `data_dir` is given exactly for the data sets
     read from disk (`DATA_DIR_DATASETS`: cifar10, a directory; npz, a user's `.npz` file; digits
     ships with scikit-learn), is bounded like every path, and is made absolute when validated: the
-    evaluator may be built in a Ray worker that runs in another working directory.
+    evaluator may be built in a Ray worker that runs in another working directory. `seed` seeds
+    the weights, the batch order and, unless `split_seed` is given, the digits train/validation
+    split: a fixed `split_seed` lets several training seeds be compared on one validation split.
     """
 
     model_config = ConfigDict(allow_inf_nan=False)
@@ -64,7 +66,13 @@ class TrainConfig(EvaluatorConfig):
     batch_size: int = Field(default=64, gt=0, le=65_536)
     lr: float = Field(default=0.05, gt=0, le=100)
     seed: int = Field(default=0, ge=0, lt=SEED_LIMIT)
+    split_seed: int | None = Field(default=None, ge=0, lt=SEED_LIMIT)
     threads: int = Field(default=1, gt=0, le=1024)
+
+    @property
+    def data_seed(self) -> int:
+        """The seed of the digits train/validation split: `split_seed`, else `seed` (one seed moves both)."""
+        return self.seed if self.split_seed is None else self.split_seed
 
     @field_validator("data")
     @classmethod
@@ -144,7 +152,7 @@ class TrainEvaluator(Evaluator):
         from nas.evaluate.data import load_dataset
 
         load_dataset(self.config.data, self.config.data_dir, resolution=self.space.config.resolution,
-                     seed=self.config.seed, num_classes=getattr(self.space.config, "num_classes", None))
+                     seed=self.config.data_seed, num_classes=getattr(self.space.config, "num_classes", None))
 
     def evaluate(self, arch: Arch, on_epoch: Callable[[int, dict[str, float]], None] | None = None
                  ) -> dict[str, float]:
@@ -166,7 +174,8 @@ class TrainEvaluator(Evaluator):
         torch.set_num_threads(self.config.threads)
         # Loaded at the space's largest resolution, fed at the arch's own (the same images for every arch).
         data = load_dataset(
-            self.config.data, self.config.data_dir, resolution=self.space.config.resolution, seed=self.config.seed
+            self.config.data, self.config.data_dir, resolution=self.space.config.resolution,
+            seed=self.config.data_seed,
         ).at_resolution(self.space.input_resolution(arch))
         cost = self.cost_metrics(arch)
 

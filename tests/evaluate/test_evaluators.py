@@ -123,3 +123,28 @@ def test_every_data_set_is_checked_against_the_classes(tmp_path: Path) -> None:
         load_dataset("npz", tmp_path / "d.npz", num_classes=3)
     with pytest.raises(UserError, match="--classes 9: data set digits has labels up to 9"):
         load_dataset("digits", num_classes=9)
+
+
+def test_split_seed_fixes_the_validation_split_apart_from_the_training_seed(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nas.evaluate import data as data_module
+
+    seen: list[int] = []
+    real = data_module.load_dataset
+
+    def recording(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202 - a pass-through spy
+        seen.append(kwargs["seed"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(data_module, "load_dataset", recording)
+    space_config = {"width_mult": 0.25}
+    arch_evaluator = build_evaluator(EvaluatorSpec(space="proxylessnas", space_config=space_config, evaluator="train",
+                                                   config={"seed": 3, "split_seed": 0, "epochs": 1}))
+    arch = arch_evaluator.space.sample(np.random.default_rng(0))
+    arch_evaluator.evaluate(arch)
+    assert seen and set(seen) == {0}, seen  # the data check at build and the load in evaluate: split_seed's split
+    seen.clear()
+    build_evaluator(EvaluatorSpec(space="proxylessnas", space_config=space_config, evaluator="train",
+                                  config={"seed": 3, "epochs": 1})).evaluate(arch)
+    assert seen and set(seen) == {3}, seen  # without split_seed the training seed picks the split
+    with pytest.raises(UserError, match=r"split_seed: .*\[0, 4294967296\)"):
+        normalize_evaluator_config("train", {"split_seed": -1})
