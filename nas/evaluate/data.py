@@ -19,9 +19,7 @@ from the dtype or array state the file claims.
 from __future__ import annotations
 
 import io
-import math
 import pickle
-import pickletools
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -31,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from nas.errors import UserError, shorten
+from nas.evaluate.cifar_pickle import CifarUnpickler, PickledArray, count_operations
 from nas.files import check_regular
 
 DATASETS = ("cifar10", "digits", "npz")
@@ -43,6 +42,8 @@ _CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _MAX_RESOLUTION = 1024  # as nas.space.MAX_RESOLUTION; 60,000 CIFAR images at 1024 px are already 750 GB
 _CIFAR_REEXTRACT = "re-extract cifar-10-python.tar.gz"
 _CIFAR_FIX = "point --data-dir at the extracted cifar-10-batches-py directory (data_batch_1..5, test_batch)"
+_MAX_CIFAR_BYTES = 40 * 2**20
+"""Largest batch file: the release's are 31 MB (10,000 images of 3,072 bytes, plus labels and names)."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -231,8 +232,8 @@ def _read_cifar_batch(path: Path, mtime_ns: int, size: int) -> tuple[np.ndarray,
     try:
         if len(raw) > _MAX_CIFAR_BYTES:
             raise pickle.UnpicklingError(f"it grew past {_MAX_CIFAR_BYTES:,} bytes while being read")
-        _count_operations(raw)
-        batch = _CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        count_operations(raw)
+        batch = CifarUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except Exception as err:  # unpickling fails in many ways (EOFError, ValueError, ...): all mean corrupt
         reason = f"{type(err).__name__}: {err}".splitlines()[0]
         raise UserError(f"--data-dir: {path} is not a CIFAR-10 pickle ({_cut(reason)}); {fix}") from None
@@ -257,11 +258,11 @@ def _batch_arrays(batch: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if "data" not in entries or "labels" not in entries:
         found = shorten(sorted(entries))
         raise UserError(f"--data-dir: {path} is not a CIFAR-10 batch (keys {found}, need data and labels); {fix}")
-    data = entries["data"].array if isinstance(entries["data"], _Array) else entries["data"]
+    data = entries["data"].array if isinstance(entries["data"], PickledArray) else entries["data"]
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
         got = f"{data.dtype} {data.shape}" if isinstance(data, np.ndarray) else f"a {type(data).__name__}"
         raise UserError(f"--data-dir: {path}: data is {got}, expected a uint8 array (N, 3072); {fix}")
-    labels = entries["labels"].array if isinstance(entries["labels"], _Array) else entries["labels"]
+    labels = entries["labels"].array if isinstance(entries["labels"], PickledArray) else entries["labels"]
     if isinstance(labels, list) and len(labels) == len(data) \
             and all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in labels):
         labels = np.array(labels, dtype=np.int64)
@@ -269,129 +270,6 @@ def _batch_arrays(batch: object, path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not is_int or (len(labels) > 0 and (labels.min() < 0 or labels.max() > 9)):
         raise UserError(f"--data-dir: {path}: labels must be a list of {len(data)} integers in 0..9; {fix}")
     return data, labels.astype(np.int64)
-
-
-# -- a pickle reader that only builds what a CIFAR-10 batch holds --------------------------------
-
-_MAX_CIFAR_BYTES = 40 * 2**20
-"""Largest batch file: the release's are 31 MB (10,000 images of 3,072 bytes, plus labels and names)."""
-_MAX_CIFAR_OPS = 500_000
-"""Most pickle operations in a batch file: the release's have about 30,000 (10,000 labels and file names),
-a copy that Python 3 re-pickled at protocol 2 about 90,000. Every object a pickle builds takes at
-least one operation, so this bounds the memory a crafted file can claim."""
-_NUMBER_CODES = frozenset({"b1", "i1", "i2", "i4", "i8", "u1", "u2", "u4", "u8", "f2", "f4", "f8"})
-_PLAIN_DTYPE_STATE = (None, None, None, -1, -1, 0)  # subarray, names, fields, elsize, alignment, flags
-
-
-def _count_operations(raw: bytes) -> None:
-    """Refuse a pickle of more than `_MAX_CIFAR_OPS` operations (or an unreadable one) before any runs."""
-    for count, _ in enumerate(pickletools.genops(raw), 1):
-        if count > _MAX_CIFAR_OPS:
-            raise pickle.UnpicklingError(f"more than {_MAX_CIFAR_OPS:,} pickle operations; a CIFAR-10 batch has "
-                                         "under 100,000")
-
-
-class _Dtype:
-    """A numpy dtype named in a pickle: a plain number type only, made real once its state is checked."""
-
-    def __init__(self, code: object) -> None:
-        code = code.decode("ascii", "replace") if isinstance(code, bytes) else code
-        if code not in _NUMBER_CODES:
-            raise pickle.UnpicklingError(f"refusing dtype {shorten(code, 20)}; a CIFAR-10 batch holds plain numbers")
-        self.dtype = np.dtype(code)
-
-    def __setstate__(self, state: object) -> None:
-        # numpy writes (3, byte order, None, None, None, -1, -1, 0) for a plain number (version 4: + metadata None).
-        if not isinstance(state, tuple) or len(state) not in (8, 9) or state[0] != len(state) - 5 \
-                or state[2:8] != _PLAIN_DTYPE_STATE or state[8:] not in ((), (None,)):
-            raise pickle.UnpicklingError("refusing a dtype with fields, sub-arrays or flags")
-        order = state[1].decode("ascii", "replace") if isinstance(state[1], bytes) else state[1]
-        if order not in ("<", ">", "|", "="):
-            raise pickle.UnpicklingError(f"refusing the byte order {shorten(order, 20)}")
-        self.dtype = self.dtype.newbyteorder(order if order in ("<", ">") else "=")
-
-
-class _Array:
-    """A numpy array named in a pickle: built by `np.frombuffer` once its state is checked."""
-
-    array: np.ndarray | None = None
-
-    def __setstate__(self, state: object) -> None:
-        if not isinstance(state, tuple) or len(state) not in (4, 5):
-            raise pickle.UnpicklingError("refusing an array state that numpy does not write")
-        shape, dtype, fortran, raw = state[-4:]
-        self.array = _from_bytes(raw, dtype, shape, "F" if fortran else "C")
-
-
-def _from_bytes(raw: object, dtype: object, shape: object, order: object) -> np.ndarray:
-    """An array of `shape` over the bytes `raw`, after checking every argument and the size."""
-    if not isinstance(dtype, _Dtype) or not isinstance(raw, bytes | bytearray) or order not in ("C", "F") \
-            or not isinstance(shape, tuple) or len(shape) > 8 \
-            or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise pickle.UnpicklingError("refusing an array that is not plain numbers in a buffer")
-    if math.prod(shape) * dtype.dtype.itemsize != len(raw):
-        raise pickle.UnpicklingError(f"an array of shape {shorten(shape, 40)} over {len(raw):,} bytes")
-    return np.frombuffer(raw, dtype=dtype.dtype).reshape(shape, order=order)
-
-
-def _reconstruct(cls: object, shape: object, code: object) -> _Array:
-    # numpy's reduce always writes _reconstruct(ndarray, (0,), b"b"): an empty array its state then fills.
-    if cls is not _NDARRAY or shape != (0,) or code not in (b"b", "b"):
-        raise pickle.UnpicklingError("refusing an array built other than numpy pickles it")
-    return _Array()
-
-
-def _frombuffer(buf: object, dtype: object, shape: object, order: object, axis_order: object = None) -> np.ndarray:
-    if axis_order is not None:
-        raise pickle.UnpicklingError("refusing a non-contiguous array")
-    return _from_bytes(buf, dtype, shape, order)
-
-
-def _scalar(dtype: object, raw: object) -> np.generic:
-    return _from_bytes(raw, dtype, (), "C")[()]
-
-
-def _dtype(code: object, align: object = False, copy: object = True) -> _Dtype:
-    return _Dtype(code)
-
-
-def _empty_bytes(*args: object) -> bytes:
-    # Python 3 writes b"" in protocol 2 as bytes() (an empty array's buffer).
-    if args:
-        raise pickle.UnpicklingError("refusing bytes() with arguments")
-    return b""
-
-
-def _encode(text: object, encoding: object = "utf-8") -> bytes:
-    # Python 3 writes bytes in protocol 2 as _codecs.encode(text, "latin1").
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise pickle.UnpicklingError("refusing _codecs.encode other than to latin1")
-    return text.encode("latin-1")
-
-
-_NDARRAY = object()  # stands for numpy.ndarray, which only `_reconstruct` may name: calling it would allocate
-_GLOBALS: dict[tuple[str, str], object] = {
-    ("_codecs", "encode"): _encode,
-    ("__builtin__", "bytes"): _empty_bytes,
-    ("builtins", "bytes"): _empty_bytes,
-    ("numpy", "ndarray"): _NDARRAY,
-    ("numpy", "dtype"): _dtype,
-    **{(f"numpy.{core}.multiarray", "_reconstruct"): _reconstruct for core in ("core", "_core")},
-    **{(f"numpy.{core}.multiarray", "scalar"): _scalar for core in ("core", "_core")},
-    **{(f"numpy.{core}.numeric", "_frombuffer"): _frombuffer for core in ("core", "_core")},
-}
-
-
-class _CifarUnpickler(pickle.Unpickler):
-    """Builds plain containers, text, numbers and numpy arrays of plain numbers only: every global a
-    pickle names is replaced by a checked stand-in (`_GLOBALS`), so a data file cannot run code or
-    hand numpy a crafted dtype or array state."""
-
-    def find_class(self, module: str, name: str) -> object:
-        found = _GLOBALS.get((module, name))
-        if found is None:
-            raise pickle.UnpicklingError(f"refusing to load {_cut(module, 60)}.{_cut(name, 60)}")
-        return found
 
 
 def _cut(text: str, limit: int = 200) -> str:

@@ -14,6 +14,7 @@ import torch
 
 from nas.errors import UserError
 from nas.evaluate import data as data_module
+from nas.evaluate.cifar_pickle import CifarUnpickler
 from nas.evaluate.data import load_dataset
 
 
@@ -146,8 +147,8 @@ def test_cifar10_foreign_keys_are_named(tmp_path: Path) -> None:
 def test_cifar10_files_are_read_once_while_unchanged(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = _write_cifar(tmp_path / "cifar", n_batches=1)
     reads = []
-    original = data_module._CifarUnpickler.load
-    monkeypatch.setattr(data_module._CifarUnpickler, "load", lambda self: reads.append(1) or original(self))
+    original = CifarUnpickler.load
+    monkeypatch.setattr(CifarUnpickler, "load", lambda self: reads.append(1) or original(self))
     first = load_dataset("cifar10", tmp_path / "cifar")
     load_dataset("cifar10", tmp_path / "cifar", resolution=16)
     assert len(reads) == 2  # data_batch_1 and test_batch, once each
