@@ -224,8 +224,9 @@ def test_killed_export_leaves_no_partial_file_and_the_next_run_cleans_up(arch: A
     out.mkdir()
     stem = f"proxylessnas-{arch.short_hash}"
     (out / f"{stem}.pt").write_bytes(b"an older export")
+    one_thread = {**os.environ, "OMP_NUM_THREADS": "1"}  # as the test process: two threads slow a shared machine
     proc = subprocess.Popen([sys.executable, "-c", _EXPORT_SCRIPT, str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=one_thread)
     try:
         line = proc.stdout.readline()  # blocks until the first file is written (or the process dies)
         assert line.startswith("wrote "), f"export did not start: {line!r} {proc.stderr.read()}"
@@ -240,7 +241,7 @@ def test_killed_export_leaves_no_partial_file_and_the_next_run_cleans_up(arch: A
     assert not (out / f"{stem}.json").exists()  # the written file was still in the temp dir
 
     again = subprocess.run([sys.executable, "-m", "nas.cli", "export", "--preset", "proxylessnas_tiny", "--format",
-                            "json,pt", "--out", str(out)], capture_output=True, text=True, timeout=300)
+                            "json,pt", "--out", str(out)], capture_output=True, text=True, timeout=300, env=one_thread)
     assert again.returncode == 0, again.stderr
     assert sorted(p.name for p in out.iterdir()) == [f"{stem}.json", f"{stem}.pt"]
     assert Arch.from_json((out / f"{stem}.json").read_text()) == arch

@@ -306,8 +306,11 @@ def test_a_cluster_process_killed_under_the_search_ends_it_at_once_with_one_line
         assert _trial_numbers(run_dir) == list(range(3000))
 
 
+# Exhaustive: the signal as soon as the GCS is up; make test sends SIGTERM (to the group) and SIGINT as soon as
+# the raylet is.
 @pytest.mark.parametrize(("signum", "after", "to_group"), [
-    (signal.SIGTERM, "gcs_server", False), (signal.SIGTERM, "raylet", True), (signal.SIGINT, "raylet", False),
+    pytest.param(signal.SIGTERM, "gcs_server", False, marks=pytest.mark.exhaustive),
+    (signal.SIGTERM, "raylet", True), (signal.SIGINT, "raylet", False),
 ])
 def test_a_signal_while_the_cluster_starts_stops_the_search_with_one_line(
         lut_path: Path, tmp_path: Path, signum: int, after: str, to_group: bool) -> None:
@@ -382,6 +385,9 @@ def small_tmpdir(tmp_path: Path) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(mount)], capture_output=True)
 
 
+# Exhaustive: two CLI searches on their own clusters; make test has Tune's storage fail with ENOSPC (above),
+# the same one line and resume.
+@pytest.mark.exhaustive
 def test_a_full_disk_under_tunes_temp_files_is_one_line_and_the_same_command_resumes(
         lut_path: Path, tmp_path: Path, small_tmpdir: Path) -> None:
     run_dir = tmp_path / "run"

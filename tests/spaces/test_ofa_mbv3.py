@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from collections import Counter
@@ -11,8 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from nas.arch import Arch
@@ -35,7 +34,6 @@ COMPACT = {
     "eeea_net_c2": {"d": [3, 3, 4, 4, 4], "ks": [3, 5, 3, 7, 3, 7, 5, 7, 5, 3, 7, 5, 3, 3, 5, 3, 5, 7],
                     "e": [3, 4, 3, 4, 3, 3, 6, 6, 3, 3, 6, 4, 3, 3, 6, 6, 6, 3]},
 }
-SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 @pytest.fixture(scope="module")
@@ -190,21 +188,6 @@ def test_latency_terms_give_the_keys_and_stay_small(space):
         assert Counter(from_terms) == Counter(space.latency_keys(arch))
 
 
-@settings(max_examples=25, deadline=None)
-@given(seed=SEEDS)
-def test_sample_mutate_crossover_are_valid(space, seed):
-    rng = np.random.default_rng(seed)
-    a, b = space.sample(rng), space.sample(rng)
-    child = space.mutate(a, rng)
-    changed = [n for n in a.choices if child.choices[n] != a.choices[n]]
-    assert len(changed) == 1 and changed[0] in space.active_choices(a)  # every mutation changes the network
-    assert space.latency_keys(child) != space.latency_keys(a)
-    mixed = space.crossover(a, b, rng)
-    assert all(mixed.choices[n] in (a.choices[n], b.choices[n]) for n in a.choices)
-    for arch in (a, b, child, mixed):
-        assert space.make_arch(dict(arch.choices)) == arch
-
-
 @pytest.mark.parametrize(
     ("decision", "value", "allowed"),
     [("s3.depth", 5, "2, 3, 4"), ("s2.b1.kernel", 9, "3, 5, 7"), ("s5.b4.expand", 5, "3, 4, 6"),
@@ -251,8 +234,11 @@ def test_mbconv_squeeze_excite_and_defaults():
     assert torch.allclose(nn.Hardswish()(x), x * torch.clamp(x + 3, 0, 6) / 6)
 
 
+# One torch thread, as in the test process (tests/conftest.py): on two cores shared with the test run, two
+# threads make an export's forward passes three times slower (38 s against 12 s for shiftnas_vit_tiny).
 def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True, timeout=120)
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 @pytest.mark.parametrize(("decision", "value", "allowed"), [("s3.depth", 5, "2, 3, 4"), ("s2.b1.expand", 5, "3, 4, 6")])
@@ -267,6 +253,9 @@ def test_cli_rejects_bad_arch(space, tmp_path, decision, value, allowed):
     assert decision in result.stderr and f"allowed: {allowed}" in result.stderr
 
 
+# Exhaustive: the CLI's --preset path is every space's (tests/test_export.py runs it by default), and
+# test_sampled_arch_exports_in_every_format exports this space in every format in process.
+@pytest.mark.exhaustive
 def test_cli_exports_tiny_preset(tmp_path):
     result = _cli("export", "--preset", "ofa_mbv3_tiny", "--format", "json,pt,torchscript,onnx",
                   "--out", str(tmp_path), "--json")
@@ -278,7 +267,8 @@ def test_cli_exports_tiny_preset(tmp_path):
     assert Arch.from_json(Path(files[0]["path"]).read_text()) == tiny
 
 
-def test_sampled_arch_exports_to_onnx(space, tmp_path):
+def test_sampled_arch_exports_in_every_format(space, tmp_path):
     arch = space.sample(np.random.default_rng(7))
-    written = export(arch, ["json", "onnx"], tmp_path)
-    assert written["onnx"].path.is_file() and written["onnx"].max_abs_diff <= 1e-4
+    written = export(arch, ["json", "pt", "torchscript", "onnx"], tmp_path)
+    assert all(w.path.is_file() and w.max_abs_diff <= 1e-4 for w in written.values()), written
+    assert Arch.from_json(written["json"].path.read_text()) == arch

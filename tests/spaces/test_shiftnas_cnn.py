@@ -9,8 +9,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from torch import nn
 
 from nas.arch import Arch
@@ -27,7 +25,6 @@ from tests.oneshot.train_helpers import one_thread  # noqa: F401 (fixture)
 REFERENCE_MMACS = {"min": (208, 283, 368, 465, 573), "max": (674, 913, 1189, 1502, 1851)}
 MEASURED = {"shiftnas_cnn_min": (5_498_072, 282_556_384), "shiftnas_cnn_max": (19_132_664, 912_871_456)}
 NATIVE = {"resolution": 320, "num_classes": 1000}
-SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
 
 
 @pytest.fixture(scope="module")
@@ -112,19 +109,6 @@ def test_every_width_and_kernel_choice_is_the_table(space):
     for s, stage in enumerate(STAGES, 1):
         assert choices[f"s{s}.width"] == stage.widths and choices[f"s{s}.depth"] == stage.depths
         assert (f"s{s}.b1.kernel" in choices) == (s >= 3)
-
-
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=SEEDS)
-def test_sample_mutate_crossover_are_valid_and_mutate_changes_the_network(space, seed):
-    rng = np.random.default_rng(seed)
-    a, b = space.sample(rng), space.sample(rng)
-    child = space.mutate(a, rng)
-    for arch in (a, b, child, space.crossover(a, b, rng)):
-        assert space.make_arch(dict(arch.choices)) == arch
-        assert space.input_resolution(arch) in space.input_resolutions()
-    assert space.active_choices(child) != space.active_choices(a)
-    assert space.latency_keys(child) != space.latency_keys(a)
 
 
 def test_inactive_kernels_do_not_change_the_network(space):
@@ -275,7 +259,8 @@ def test_supernet_training_and_evaluation_run_each_arch_at_its_resolution(space,
     from nas.oneshot.trainer import TrainRequest, train_supernet
 
     run_dir = tmp_path / "run"
-    train_supernet(TrainRequest(space="shiftnas_cnn", method="spos", run_dir=run_dir, progress_every=1,
+    # workers 0: in this process (Ray Train's local mode); a Ray cluster would add its start, not a resolution.
+    train_supernet(TrainRequest(space="shiftnas_cnn", method="spos", run_dir=run_dir, progress_every=1, workers=0,
                                 method_config={"batch_size": 8, "epochs": 1, "max_steps_per_epoch": 6,
                                                "search_archs": 1, "seed": 1}))
     progress = [json.loads(line) for line in (run_dir / "progress.jsonl").read_text().splitlines()]

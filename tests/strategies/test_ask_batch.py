@@ -76,8 +76,11 @@ def test_tpe_run_by_run_search_learns_within_a_short_search(tmp_path: Path) -> N
     assert np.mean(tpe) > np.mean(rs) + 0.02, (tpe, rs)
 
 
+# Exhaustive: TPE and RL (make test: TPE learning within a short search above, and every strategy beating random
+# search in tests/contracts/test_strategy_contract.py); evolution, the default strategy, runs by default.
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["tpe", "rl", "evolution"])
+@pytest.mark.parametrize("strategy", [pytest.param("tpe", marks=pytest.mark.exhaustive),
+                                      pytest.param("rl", marks=pytest.mark.exhaustive), "evolution"])
 def test_a_learning_strategy_run_by_run_search_beats_random_search(strategy: str, tmp_path: Path) -> None:
     """The best accuracy of 200 archs on NAS-Bench-201 in process, mean over 4 seeds, against random search's."""
     seeds = range(4)
