@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,7 @@ _IMPORTS = (
 # Runs in the warm interpreter: reads one JSON request a line, forks, the child runs the CLI.
 _ZYGOTE = r"""
 import importlib, json, os, sys, time, traceback
+started_env = dict(os.environ)  # what imports add to it stays; what the test removed since goes
 for name in sys.argv[1:]:
     importlib.import_module(name)
 sys.stdout.write("ready\n")
@@ -42,6 +44,11 @@ while True:
         code = 1
         try:
             os.setsid()
+            for name in set(started_env) - set(req["env"]):
+                os.environ.pop(name, None)
+            os.environ.update(req["env"])
+            import tempfile
+            tempfile.tempdir = None  # TMPDIR as the test has it now
             os.chdir(req["cwd"])
             for fd, path, flags in ((0, os.devnull, os.O_RDONLY), (1, req["stdout"], os.O_WRONLY),
                                     (2, req["stderr"], os.O_WRONLY)):
@@ -103,7 +110,8 @@ class _Zygote:
             out, err = (Path(self._dir) / f"{self._n}.{s}" for s in ("out", "err"))
             out.touch()
             err.touch()
-            request = {"argv": args, "cwd": os.getcwd(), "stdout": str(out), "stderr": str(err), "timeout": timeout}
+            request = {"argv": args, "cwd": os.getcwd(), "env": {**os.environ, "COLUMNS": "200"},
+                       "stdout": str(out), "stderr": str(err), "timeout": timeout}
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
             reply = self._proc.stdout.readline()
@@ -128,15 +136,22 @@ class _Zygote:
 _zygote: _Zygote | None = None
 
 
+@pytest.fixture(scope="session")
+def cli_zygote() -> Iterator[_Zygote | None]:
+    """One zygote for the whole session, started by the first module that asks (each start costs seconds of
+    imports); every command gets the test's environment as it is then, as a fresh subprocess would."""
+    zygote = None if os.environ.get("NAS_TEST_CLI_SUBPROCESS") == "1" else _Zygote()
+    yield zygote
+    if zygote is not None:
+        zygote.close()
+
+
 @pytest.fixture(scope="module")
-def warm_cli():
+def warm_cli(cli_zygote: _Zygote | None) -> Iterator[None]:
     global _zygote
-    if os.environ.get("NAS_TEST_CLI_SUBPROCESS") != "1":
-        _zygote = _Zygote()
+    _zygote = cli_zygote
     yield
-    if _zygote is not None:
-        _zygote.close()
-        _zygote = None
+    _zygote = None
 
 
 @pytest.fixture

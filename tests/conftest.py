@@ -108,7 +108,7 @@ def lut_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return synthetic_table("proxylessnas", tmp_path_factory.mktemp("lut") / "proxylessnas-r32.yaml")
 
 
-from tests.cli_harness import in_tmp_dir, warm_cli  # noqa: E402, F401  (fixtures for CLI test modules)
+from tests.cli_harness import cli_zygote, in_tmp_dir, warm_cli  # noqa: E402, F401  (fixtures for CLI test modules)
 
 
 @pytest.fixture(scope="session", autouse=True)
