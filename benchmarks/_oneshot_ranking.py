@@ -2,17 +2,17 @@
 
 For `spos` and `proxyless` on the `proxylessnas` space, each supernet is trained once in this process
 (`nas.oneshot.trainer.train_supernet`, `workers=0`, digits, seed 0, methods' YAML defaults except the
-epochs, the learning rate (`LR`) and, for `proxyless`, a latency target). The same archs, drawn uniformly
-from the space with a fixed seed (distinct, in draw order), are scored with weights inherited from each
-supernet by the `supernet` evaluator itself (extract, batch norm recalibrated on training batches,
-validation accuracy), and once each from scratch by the `train` evaluator, the project's short training
-(same seed, recipe and budget for every arch; one standalone accuracy per arch, shared by both methods).
-Kendall's tau-b (scipy) between the two accuracy lists, its p-value (H0: tau = 0) and a bootstrap 95%
-percentile interval (archs resampled with replacement) are reported per method, beside every arch's
-accuracies and LUT latency, and the tau of parameter count against standalone accuracy, the zero-cost
-ranking a supernet has to beat. Every arch is also trained from scratch a second time with another seed
-(`repeat_seed`): the tau between the two standalone trainings is the ceiling of any ranking measured
-against one of them. Each supernet's training loss is reported as the mean of its last
+epochs, the learning rate (`LR`) and, for `proxyless`, a latency target). The same archs are scored with
+weights inherited from each supernet by the `supernet` evaluator itself (extract, batch norm recalibrated on
+training batches, validation accuracy), and from scratch by the `train` evaluator, the project's short
+training, once per seed of `standalone_seeds` (same recipe and budget for every arch, one train/validation
+split for all: the supernets' own); an arch's standalone accuracy is the mean over those seeds, shared by
+both methods. Kendall's tau-b (scipy) between inherited and standalone accuracy, its p-value (H0: tau = 0)
+and a bootstrap 95% percentile interval (archs resampled with replacement) are reported per method, beside
+every arch's accuracies and LUT latency, and the tau of parameter count against standalone accuracy, the
+zero-cost ranking a supernet has to beat. The tau between two seeds' standalone trainings
+(`standalone_seeds_tau`) says how reproducible one training's ranking is; their mean is more reproducible
+than either. Each supernet's training loss is reported as the mean of its last
 `loss_window` steps and as a curve of means over ten equal spans of the run (one step's loss is one random
 path on one batch), beside ln 10, the loss of a uniform guess: a supernet that did not learn ranks nothing.
 
@@ -24,8 +24,14 @@ below the YAMLs' rates and near the references' rates scaled to batch 64: with t
 step, larger steps undo what the previous paths learnt. They learn at all because `ChainSupernet` starts
 each decision's candidates as slices of its largest and its residual candidates as the identity (see
 `nas.supernets.chain`); with independently drawn candidates neither supernet left chance on this proxy.
-The standalone budget is one epoch: digits is easy, and longer training puts most archs near the same
-accuracy; how much rank one epoch carries is `standalone_repeat`'s tau, to be read before any supernet's.
+The archs are `archs` of a pool of `pool` distinct seeded draws, taken at evenly spaced ranks of LUT latency
+(`latency_strata`), and the pool spans every depth (`depth_spread_sample`: the number of skipped blocks is
+drawn uniformly, then the blocks and every other choice). Uniform draws skip about one block in seven, so they
+crowd around the median depth and latency, and on digits they differ less than two trainings of one arch do:
+with uniform draws two seeds' standalone rankings were unrelated (tau -0.08 at one epoch, 0.09 at three). The
+standalone budget is three epochs and two seeds, trained in two child processes while this one trains the
+supernets (every run uses one thread and its own seeds, so the figures do not depend on that order).
+`standalone_seeds_tau` is to be read before any supernet's tau.
 `proxyless` samples the paths its architecture parameters favour, not uniform ones; its tau is still over
 the same uniformly drawn archs. Run dirs live in a temporary directory; nothing is cached.
 """
@@ -34,9 +40,11 @@ from __future__ import annotations
 
 import logging
 import math
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -52,26 +60,29 @@ SEED = 0
 THREADS = 1  # other jobs share the two cores; one thread also keeps the accuracies reproducible
 CONFIDENCE = 0.95
 _ARCH_STREAM = 7  # seeds the arch draw, apart from every seed the training uses
+_STANDALONE_TIMEOUT_S = 3 * 3600  # one seed's standalone trainings of every arch: about 15 minutes on a busy core
 
 LR = 0.01
 """The weight learning rate of both supernets (batch 64): the references' rates scaled linearly to batch 64 lie
 around it (SPOS 0.5 at batch 1024: 0.031; ProxylessNAS 0.05 warm-up / 0.025 search at batch 256: 0.0125 /
 0.006); at the YAMLs' 0.025 to 0.05 uniform path sampling does not train on this proxy."""
 FULL: dict[str, Any] = {
-    "archs": 20, "bootstrap": 1000, "standalone_epochs": 1, "bn_batches": 20, "loss_window": 50, "repeat_seed": 1,
+    "archs": 20, "pool": 400, "bootstrap": 1000, "standalone_epochs": 3, "standalone_seeds": [0, 1], "bn_batches": 20,
+    "loss_window": 50,
     "methods": {"spos": {"epochs": 50, "search_archs": 0, "lr": LR},
                 "proxyless": {"epochs": 50, "warmup_epochs": 12, "target_ms": 9.0, "lr": LR, "warmup_lr": LR}},
 }
 QUICK: dict[str, Any] = {
-    "archs": 5, "bootstrap": 200, "standalone_epochs": 1, "bn_batches": 5, "loss_window": 5, "repeat_seed": None,
+    "archs": 5, "pool": 10, "bootstrap": 200, "standalone_epochs": 1, "standalone_seeds": [0], "bn_batches": 5,
+    "loss_window": 5,
     "methods": {"spos": {"epochs": 1, "search_archs": 0, "max_steps_per_epoch": 5, "lr": LR},
                 "proxyless": {"epochs": 2, "warmup_epochs": 1, "target_ms": 9.0, "max_steps_per_epoch": 5,
                               "lr": LR, "warmup_lr": LR}},
 }
 """Sizes of a full and a quick run; `methods`: overrides of `methods/<name>.yaml` (batch size and the rest stay
-at the YAML defaults); `loss_window`: the last steps whose mean training loss is reported; `repeat_seed`: the
-seed of a second standalone training of every arch (None: none), whose tau against the first bounds what any
-ranking can reach against it."""
+at the YAML defaults); `pool`: uniform draws that `archs` are picked from by latency; `loss_window`: the last
+steps whose mean training loss is reported; `standalone_seeds`: the training seeds whose standalone accuracies
+are averaged (the split stays `SEED`'s)."""
 
 
 def kendall_tau(x: Sequence[float], y: Sequence[float]) -> tuple[float, float]:
@@ -119,6 +130,33 @@ def distinct_samples(sample: Callable[[np.random.Generator], Any], n: int, seed:
             if len(found) == n:
                 return found
     raise RuntimeError(f"only {len(found)} distinct samples in {max_draws} draws; asked for {n}")
+
+
+def latency_strata(latencies: Sequence[float], n: int) -> list[int]:
+    """Indices of `n` items at evenly spaced ranks of `latencies` (the fastest and the slowest among them), in
+    rank order; ties keep input order. A `ValueError` unless 2 <= n <= len(latencies)."""
+    if not 2 <= n <= len(latencies):
+        raise ValueError(f"need 2 <= n <= {len(latencies)} items; got n={n}")
+    order = np.argsort(np.asarray(latencies, dtype=float), kind="stable")
+    return [int(order[round(i * (len(order) - 1) / (n - 1))]) for i in range(n)]
+
+
+def depth_spread_sample(space: Any, rng: np.random.Generator, skip: str = "zero") -> Any:
+    """An arch of `space` whose number of skipped blocks is uniform over 0..(the decisions that offer `skip`):
+    that many of them, chosen at random, take `skip`, and every other decision a uniform choice of its others.
+    A uniform draw skips each such block with the chance 1/(its choices), so all its archs have about the same
+    depth; these span every depth the space allows."""
+    decisions = space.decisions()
+    skippable = [d.name for d in decisions if skip in d.choices]
+    if not skippable:
+        raise ValueError(f"{space.name}: no decision offers {skip!r}; no depth to spread")
+    count = int(rng.integers(len(skippable) + 1))
+    skipped = {str(name) for name in rng.choice(skippable, size=count, replace=False)} if count else set()
+    choices: dict[str, Any] = {}
+    for d in decisions:
+        others = [c for c in d.choices if c != skip]
+        choices[d.name] = skip if d.name in skipped else others[int(rng.integers(len(others)))]
+    return space.make_arch(choices)
 
 
 def arch_summary(choices: dict[str, Any], order: Sequence[str]) -> str:
@@ -227,14 +265,17 @@ def _train(method: str, overrides: dict[str, Any], run_dir: Path, table: Path, w
             "seconds": round(seconds, 1)}
 
 
-def _standalone(archs: Sequence[Any], config: dict[str, Any], table: Path) -> tuple[list[dict[str, Any]], float]:
-    """Each arch trained from scratch by the `train` evaluator with `config`; its metrics, and the seconds taken."""
+def _standalone(choices: Sequence[dict[str, Any]], config: dict[str, Any], table: Path
+                ) -> tuple[list[dict[str, Any]], float]:
+    """Each arch (its choices: an `Arch` does not pickle, and this runs in a child process) trained from scratch
+    by the `train` evaluator with `config`; its metrics, and the seconds taken."""
     from nas.evaluate.base import EvaluatorSpec, build_evaluator
 
+    logging.getLogger("nas").setLevel(logging.WARNING)
     start = time.perf_counter()
     trainer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="train",
                                             config=config, table=str(table)))
-    return [trainer.evaluate(arch) for arch in archs], round(time.perf_counter() - start, 1)
+    return [trainer.evaluate(trainer.space.make_arch(c)) for c in choices], round(time.perf_counter() - start, 1)
 
 
 def _table(space: Any, tmp: Path) -> tuple[Path, str]:
@@ -255,6 +296,7 @@ def run(quick: bool) -> dict[str, Any]:
     import torch
 
     from nas.evaluate.base import EvaluatorSpec, build_evaluator
+    from nas.hardware.table import LatencyTable
     from nas.space import load_space
 
     logging.getLogger("nas").setLevel(logging.WARNING)
@@ -262,50 +304,60 @@ def run(quick: bool) -> dict[str, Any]:
     threads = torch.get_num_threads()
     space = load_space(SPACE, SPACE_CONFIG)
     order = [d.name for d in space.decisions()]
-    archs = distinct_samples(space.sample, settings["archs"], seed=SEED + _ARCH_STREAM)
+    seeds = settings["standalone_seeds"]
     standalone_config = {"data": "digits", "epochs": settings["standalone_epochs"], "batch_size": 64, "lr": 0.05,
-                         "seed": SEED, "threads": THREADS}
+                         "split_seed": SEED, "threads": THREADS}
     scorer_config = {"bn_batches": settings["bn_batches"], "batch_size": 64, "seed": SEED, "threads": THREADS}
     per_method: dict[str, Any] = {}
     try:
         with tempfile.TemporaryDirectory(prefix="nas-bench-ranking-") as tmp:
             table, table_note = _table(space, Path(tmp))
-            standalone, standalone_seconds = _standalone(archs, standalone_config, table)
-            accuracy = [s["accuracy"] for s in standalone]
-            repeat = None
-            if settings["repeat_seed"] is not None:
-                repeat_config = {**standalone_config, "seed": settings["repeat_seed"]}
-                results, seconds = _standalone(archs, repeat_config, table)
-                repeat = {"config": repeat_config, "seconds": seconds, "accuracy": [r["accuracy"] for r in results]}
+            pool = distinct_samples(lambda rng: depth_spread_sample(space, rng), settings["pool"],
+                                    seed=SEED + _ARCH_STREAM)
+            priced = LatencyTable.load(table)
+            archs = [pool[i] for i in latency_strata([priced.predict(a) for a in pool], settings["archs"])]
+            with ProcessPoolExecutor(max_workers=len(seeds), mp_context=multiprocessing.get_context("spawn")) as jobs:
+                started = [jobs.submit(_standalone, [dict(a.choices) for a in archs],
+                                       {**standalone_config, "seed": seed}, table) for seed in seeds]
+                trained = {method: _train(method, settings["methods"][method], Path(tmp) / method, table,
+                                          settings["loss_window"]) for method in METHODS}
+                runs = [job.result(timeout=_STANDALONE_TIMEOUT_S) for job in started]
+            standalone = runs[0][0]
+            by_seed = [[r["accuracy"] for r in results] for results, _ in runs]
+            accuracy = [float(np.mean(values)) for values in zip(*by_seed, strict=True)]
             for method in METHODS:
                 run_dir = Path(tmp) / method
-                trained = _train(method, settings["methods"][method], run_dir, table, settings["loss_window"])
                 start = time.perf_counter()
                 scorer = build_evaluator(EvaluatorSpec(space=SPACE, space_config=SPACE_CONFIG, evaluator="supernet",
                                                        config={"checkpoint": str(run_dir), **scorer_config},
                                                        table=str(table)))
                 inherited = [scorer.evaluate(arch)["accuracy"] for arch in archs]
-                per_method[method] = {"supernet": trained, "inherited_accuracy": inherited,
+                per_method[method] = {"supernet": trained[method], "inherited_accuracy": inherited,
                                       "inherited_seconds": round(time.perf_counter() - start, 1),
-                                      **rank_figures(inherited, accuracy, settings["bootstrap"], SEED)}
+                                      **rank_figures(inherited, accuracy, settings["bootstrap"], SEED),
+                                      "kendall_tau_per_seed": [_num(kendall_tau(inherited, one)[0])
+                                                               for one in by_seed]}
     finally:
         torch.set_num_threads(threads)
     params_tau, params_p = kendall_tau([s["params"] for s in standalone], accuracy)
+    seeds_tau = None
+    if len(seeds) >= 2:
+        figures = rank_figures(by_seed[1], by_seed[0], settings["bootstrap"], SEED)
+        seeds_tau = {"seeds": seeds[:2], "kendall_tau": figures["kendall_tau"], "p_value": figures["p_value"],
+                     "ci": figures["ci"]}
     return {
         "method": ("Kendall tau-b (scipy) between supernet-inherited accuracy (supernet evaluator: extract, BN "
                    "recalibrated, validation accuracy) and standalone short-training accuracy (train evaluator, "
-                   "from scratch) over the same uniformly drawn archs; 95% percentile bootstrap CI over archs"),
+                   "from scratch, mean over seeds) over the same archs; 95% percentile bootstrap CI over archs"),
         "space": SPACE, "space_config": space.config.model_dump(mode="json"), "table": table_note,
-        "data": f"digits (train/validation split seed {SEED})",
-        "archs": {"count": len(archs), "sampling": f"uniform (space.sample), distinct, seed {SEED + _ARCH_STREAM}"},
-        "standalone": {"evaluator": "train", "config": standalone_config, "seconds": standalone_seconds,
-                       "accuracy": spread(accuracy)},
-        "standalone_repeat": None if repeat is None else {
-            "note": ("every arch trained again with another seed (weights, batch order and train/validation split): "
-                     "tau against the first training, the ceiling of any ranking measured against it"),
-            "config": repeat["config"], "seconds": repeat["seconds"],
-            **{"repeat_spread" if k == "inherited_spread" else k: v
-               for k, v in rank_figures(repeat["accuracy"], accuracy, settings["bootstrap"], SEED).items()}},
+        "data": f"digits (train/validation split seed {SEED}, for the supernets and every standalone training)",
+        "archs": {"count": len(archs), "sampling": (
+            f"{settings['pool']} draws spanning every depth (depth_spread_sample, distinct, seed "
+            f"{SEED + _ARCH_STREAM}), {len(archs)} of them at evenly spaced ranks of LUT latency (latency_strata)")},
+        "standalone": {"evaluator": "train", "config": standalone_config, "seeds": seeds,
+                       "seconds": [seconds for _, seconds in runs], "accuracy": spread(accuracy),
+                       "accuracy_per_seed": [spread(values) for values in by_seed]},
+        "standalone_seeds_tau": seeds_tau,
         "supernet_init": ("nas.supernets.chain.align_candidates: each decision's candidates start as slices of its "
                           "largest, residual candidates as the identity"),
         "supernet_evaluator": scorer_config,
@@ -313,8 +365,8 @@ def run(quick: bool) -> dict[str, Any]:
         "params_vs_standalone": {"kendall_tau": _num(params_tau), "p_value": _num(params_p)},
         "per_arch": [{"arch": arch.short_hash, "summary": arch_summary(dict(arch.choices), order),
                       "latency_ms": round(s["latency_ms"], 4), "params": int(s["params"]),
-                      "standalone_accuracy": s["accuracy"],
-                      **({} if repeat is None else {"standalone_accuracy_repeat": repeat["accuracy"][i]}),
+                      "standalone_accuracy": accuracy[i],
+                      "standalone_accuracy_per_seed": [values[i] for values in by_seed],
                       **{f"{m}_inherited_accuracy": per_method[m]["inherited_accuracy"][i] for m in METHODS}}
                      for i, (arch, s) in enumerate(zip(archs, standalone, strict=True))],
         **{m: {k: v for k, v in per_method[m].items() if k != "inherited_accuracy"} for m in METHODS},

@@ -151,3 +151,29 @@ def test_loss_summary_averages_the_last_steps_and_equal_spans() -> None:
     assert short["final_loss"] == 3.0 and short["final_loss_steps"] == 2 and short["loss_curve"] == [2.0, 4.0]
     with pytest.raises(ValueError):
         ranking.loss_summary([], window=5)
+
+
+def test_latency_strata_spans_the_range_at_even_ranks() -> None:
+    latencies = [5.0, 1.0, 9.0, 3.0, 7.0, 2.0, 8.0]  # ranks: 1.0 2.0 3.0 5.0 7.0 8.0 9.0
+    picked = ranking.latency_strata(latencies, 4)
+    assert [latencies[i] for i in picked] == [1.0, 3.0, 7.0, 9.0]
+    assert ranking.latency_strata(latencies, 7) == [1, 5, 3, 0, 4, 6, 2]  # every item once, in rank order
+    for bad in (1, 8):
+        with pytest.raises(ValueError, match="need 2 <= n <= 7"):
+            ranking.latency_strata(latencies, bad)
+
+
+def test_depth_spread_sample_spans_every_depth_with_valid_archs() -> None:
+    from nas.space import load_space
+
+    space = load_space("proxylessnas", {"width_mult": 0.25})
+    skippable = sum("zero" in d.choices for d in space.decisions())
+    rng = np.random.default_rng(0)
+    archs = [ranking.depth_spread_sample(space, rng) for _ in range(300)]
+    skips = [sum(c == "zero" for c in a.choices.values()) for a in archs]
+    assert min(skips) <= 1 and max(skips) >= skippable - 1  # uniform draws: 2.1 +- 1.4 of 15
+    assert 0.3 * skippable < np.mean(skips) < 0.7 * skippable
+    for arch in archs[:5]:
+        space.check_own(arch)
+    with pytest.raises(ValueError, match="no decision offers 'skip'"):
+        ranking.depth_spread_sample(space, rng, skip="skip")
