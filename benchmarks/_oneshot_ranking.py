@@ -28,12 +28,12 @@ The archs are `archs` of a pool of `pool` distinct seeded draws, taken at evenly
 (`latency_strata`), and the pool spans every depth (`depth_spread_sample`: the number of skipped blocks is
 drawn uniformly, then the blocks and every other choice). Uniform draws skip about one block in seven, so they
 crowd around the median depth and latency, and on digits they differ less than two trainings of one arch do:
-with uniform draws two seeds' standalone rankings were unrelated (tau -0.08 at one epoch, 0.09 at three). The
+with uniform draws two seeds' standalone rankings were unrelated, after one epoch and after three. The
 standalone budget is three epochs and two seeds, trained in two child processes while this one trains the
 supernets (every run uses one thread and its own seeds, so the figures do not depend on that order).
 `standalone_seeds_tau` is to be read before any supernet's tau.
 `proxyless` samples the paths its architecture parameters favour, not uniform ones; its tau is still over
-the same uniformly drawn archs. Run dirs live in a temporary directory; nothing is cached.
+the same archs. Run dirs live in a temporary directory; nothing is cached.
 """
 
 from __future__ import annotations
