@@ -18,8 +18,9 @@ demo: install
 	$(BIN)/nas search --space proxylessnas --strategy evolution --evaluator train \
 		--trials 8 --epochs 1 --max-latency-ms 9.5 --run-dir runs/demo
 
+# --durations: the slowest tests in every CI log, to keep the suite under 15 minutes.
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30
 
 # Everything, with the exhaustive matrices (about three times as long as `make test`).
 test-all: install
